@@ -1,0 +1,1 @@
+"""Observability: metrics, logs, request ids and health. Knows nothing of any project."""

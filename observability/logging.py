@@ -1,0 +1,185 @@
+"""Logging: one JSON object per line on stdout, rendered with orjson, through one pipeline.
+
+structlog events and the standard library's records (uvicorn's among them) go through the same
+processors: request id, level, ISO-8601 UTC timestamp, redaction, then the renderer. Lines are
+handed to a writer thread, so a slow log reader never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from contextvars import ContextVar
+from typing import Any, BinaryIO
+
+import orjson
+import structlog
+
+from observability.redact import Redactor
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class LineSink:
+    """Writes whole lines to a binary stream from a background thread, in order.
+
+    `write` is a queue put; the thread drains everything queued since its last write and writes
+    it in one call, so a burst costs one syscall, and a blocked pipe stalls only the thread.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, line: bytes) -> None:
+        self._queue.put(line)
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            batch = []
+            stop = False
+            while item is not None:
+                batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stop = True
+            if batch:
+                try:
+                    self._stream.write(b"".join(batch))
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # stdout is gone; nothing better to do with a log line
+            if stop:
+                return
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
+class _SinkLogger:
+    """The structlog logger at the end of the chain: takes rendered bytes or str."""
+
+    __slots__ = ("_write",)
+
+    def __init__(self, sink: LineSink) -> None:
+        self._write = sink.write
+
+    def msg(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            message = message.encode("utf-8", "replace")
+        self._write(message + b"\n")
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _SinkLoggerFactory:
+    def __init__(self, sink: LineSink) -> None:
+        self._logger = _SinkLogger(sink)
+
+    def __call__(self, *args: Any) -> _SinkLogger:
+        return self._logger
+
+
+class _SinkHandler(logging.Handler):
+    def __init__(self, sink: LineSink, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self._sink = sink
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._sink.write(self.format(record).encode("utf-8", "replace") + b"\n")
+        except Exception:
+            self.handleError(record)
+
+
+def add_request_id(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    if "request_id" not in event_dict:
+        rid = request_id_var.get()
+        if rid is not None:
+            event_dict["request_id"] = rid
+    return event_dict
+
+
+def _orjson_str(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def _orjson_bytes(obj: Any, **kwargs: Any) -> bytes:
+    return orjson.dumps(obj, default=str)
+
+
+_sink: LineSink | None = None
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "json",
+    *,
+    redactor: Redactor | None = None,
+    stream: BinaryIO | None = None,
+) -> Redactor:
+    """Configure structlog and the standard library once, at start-up. Returns the redactor."""
+    global _sink
+    if _sink is not None:
+        _sink.close()
+    redactor = redactor or Redactor()
+    _sink = sink = LineSink(stream or sys.stdout.buffer)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        add_request_id,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    ]
+    tail: list[Any] = [redactor]
+    if fmt == "console":
+        renderer: Any = structlog.dev.ConsoleRenderer(colors=True)
+        std_renderer: Any = renderer
+    else:
+        tail.insert(0, structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
+        std_renderer = structlog.processors.JSONRenderer(serializer=_orjson_str)
+
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=_SinkLoggerFactory(sink),
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, std_renderer],
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [_SinkHandler(sink, formatter)]
+    root.setLevel(_LEVELS[level])
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # Our middleware writes the access line; uvicorn's would duplicate it without a request id.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
+    access.disabled = True
+    return redactor
+
+
+def flush_logs() -> None:
+    """Drain the writer thread; called at shutdown so the last lines are not lost."""
+    global _sink
+    if _sink is not None:
+        _sink.close()
+        _sink = None

@@ -1,0 +1,34 @@
+"""Request ids: accept a client's `X-Request-ID` only if it is plainly safe, else make one."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from starlette.types import Scope
+
+HEADER = b"x-request-id"
+MAX_LENGTH = 128
+_VALID = re.compile(rb"[A-Za-z0-9._-]{1,128}\Z")
+
+
+def generate() -> str:
+    # 16 random bytes: unique enough, and cheaper than uuid4's object.
+    return os.urandom(16).hex()
+
+
+def from_headers(headers: list[tuple[bytes, bytes]]) -> str:
+    """The incoming id if valid, otherwise a fresh one. A rejected value is never kept anywhere."""
+    for name, value in headers:
+        if name == HEADER:
+            if len(value) <= MAX_LENGTH and _VALID.match(value):
+                return value.decode("ascii")
+            break
+    return generate()
+
+
+def request_id_of(scope: Scope) -> str | None:
+    state = scope.get("state")
+    if state is None:
+        return None
+    return state.get("request_id")

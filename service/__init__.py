@@ -1,0 +1,4 @@
+"""siteapi: one small async service that serves several website integrations under /api/<project>/."""
+
+SERVICE_NAME = "siteapi"
+__version__ = "1.0.0"

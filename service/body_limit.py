@@ -1,0 +1,52 @@
+"""Request body limit: JSON 413 for bodies over the configured size, declared or streamed."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_response
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+                break
+        if declared is not None:
+            # The server already enforces that the body matches a valid Content-Length.
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                await error_response(scope, 413)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, _CountingReceive(receive, self.max_bytes), send)
+
+
+class _CountingReceive:
+    """For bodies without a Content-Length (chunked): stop reading past the limit."""
+
+    __slots__ = ("limit", "receive", "seen")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.seen = 0
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                # Raised inside the endpoint's body read, so the route's handler renders JSON 413.
+                raise HTTPException(413)
+        return message

@@ -1,0 +1,102 @@
+"""`python -m service`: settings, logging, the app, and one uvicorn worker that drains politely.
+
+On SIGTERM the service first flips readiness to 503 and keeps serving for
+SHUTDOWN_DRAIN_SECONDS, so the platform's load balancer stops sending traffic, then stops
+accepting connections, lets in-flight requests finish (at most SHUTDOWN_TIMEOUT_SECONDS) and
+exits 0. A second SIGTERM or SIGINT skips the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from types import FrameType
+
+import structlog
+import uvicorn
+
+from observability.health import Health
+from observability.logging import configure_logging, flush_logs
+from service import SERVICE_NAME, __version__
+from service.app import create_app
+from service.projects import REGISTRY
+from service.settings import ConfigError, Settings, load_settings
+
+# Chosen by bench/ (see bench/RESULTS.md): the standard loop had the steadier p99.
+DEFAULT_LOOP = "asyncio"
+log = structlog.get_logger("service.launcher")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, health: Health, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.health = health
+        self.drain_seconds = drain_seconds
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs as a signal handler: only set flags; `on_tick` acts on them from the loop.
+        # Unlike uvicorn's, it does not re-raise the signal after shutdown, so we exit 0.
+        if self.drain_deadline is None and not self.should_exit:
+            self.health.draining = True
+            self.drain_deadline = time.monotonic() + self.drain_seconds
+        else:
+            self.should_exit = True
+            if sig == signal.SIGINT:
+                self.force_exit = self.force_exit or self.drain_deadline is None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and not self.should_exit:
+            if self.health.draining and counter % 10 == 0:
+                log.info("draining", seconds_left=round(max(0.0, self.drain_deadline - time.monotonic()), 1))
+            if time.monotonic() >= self.drain_deadline:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        http="httptools",
+        workers=1,
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) or 1,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=f"{SERVICE_NAME} {__version__}")
+    parser.add_argument("--sandbox", action="store_true", help="wire projects to their local simulators")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=DEFAULT_LOOP, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(sandbox=args.sandbox, parsers={p.name: p.parse_settings for p in REGISTRY})
+    except ConfigError as exc:
+        # One line, naming the variable and what it expects; never the value.
+        sys.stderr.write(f"{SERVICE_NAME}: configuration error: {exc}\n")
+        return 2
+    redactor = configure_logging(settings.log_level, settings.log_format)
+    try:
+        app = create_app(settings, redactor=redactor)
+        server = DrainingServer(
+            uvicorn_config(settings, app, args.loop), app.state.health, settings.shutdown_drain_seconds
+        )
+        server.run()
+        if server.started is False:
+            log.error("startup_failed")
+            return 1
+        return 0
+    finally:
+        flush_logs()

@@ -1,0 +1,147 @@
+"""Test support: run the real service in a subprocess, or an app in a real uvicorn in a thread.
+
+Both listen on 127.0.0.1 only. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = Path(os.environ.get("SITEAPI_TEST_LOG_DIR", "/tmp/siteapi-test-logs"))
+
+# Distinctive values: any of them showing up in a log, error body or metric is a leak.
+SECRETS = {
+    "STRAVA_CLIENT_SECRET": "csec-ZZ9-leakcheck-client-secret",
+    "STRAVA_REFRESH_TOKEN": "rtok-ZZ9-leakcheck-refresh",
+    "STRAVA_ADMIN_API_KEY": "akey-ZZ9-leakcheck-admin-key",
+    "STRAVA_WEBHOOK_VERIFY_TOKEN": "vtok-ZZ9-leakcheck-verify",
+    "METRICS_BEARER_TOKEN": "mtok-ZZ9-leakcheck-metrics-token",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return True
+        time.sleep(interval)
+    return False
+
+
+class ServiceProcess:
+    """`python -m service` as the operator runs it, with its stdout captured to a log file."""
+
+    _counter = 0
+
+    def __init__(self, env: Mapping[str, str] | None = None, args: tuple[str, ...] = (), cwd: Path = ROOT) -> None:
+        ServiceProcess._counter += 1
+        self.port = free_port()
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"service-{os.getpid()}-{ServiceProcess._counter}-{self.port}.log"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("STRAVA_", "METRICS_", "LOG_"))}
+        self.env = {
+            **base,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LOG_LEVEL": "debug",
+            "SHUTDOWN_DRAIN_SECONDS": "0.5",
+            "SHUTDOWN_TIMEOUT_SECONDS": "5",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.args = args
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 15.0) -> ServiceProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", *self.args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait and not wait_until(self.ready_to_serve, timeout):
+            self.stop()
+            raise RuntimeError(f"service did not start; log:\n{self.log_path.read_text()[-4000:]}")
+        return self
+
+    def ready_to_serve(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"service exited with {self.proc.returncode}: {self.log_path.read_text()[-4000:]}")
+        return httpx.get(self.base_url + "/livez", timeout=1).status_code == 200
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_bytes().splitlines():
+            if raw.strip():
+                lines.append(orjson.loads(raw))
+        return lines
+
+    def raw_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, port: int | None = None, **config: Any) -> Iterator[str]:
+    """A real uvicorn serving `app` on 127.0.0.1 from a background thread; yields the base URL."""
+    port = port or free_port()
+    cfg = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **config
+    )
+    server = uvicorn.Server(cfg)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    thread.start()
+    try:
+        if not wait_until(lambda: server.started, 10):
+            raise RuntimeError("in-thread server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        loop.close()
