@@ -31,13 +31,19 @@ class LineSink:
     it in one call, so a burst costs one syscall, and a blocked pipe stalls only the thread.
     """
 
+    MAX_QUEUED = 10_000  # lines; past this (a stuck reader) new lines are dropped, not buffered forever
+
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self.dropped = 0
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def write(self, line: bytes) -> None:
+        if self._queue.qsize() >= self.MAX_QUEUED:
+            self.dropped += 1
+            return
         self._queue.put(line)
 
     def _run(self) -> None:

@@ -127,9 +127,11 @@ class _Responder:
         end = self.ended or time.perf_counter()
         duration = end - self.started
         status = self.status
-        if error is not None and not self.ended:
-            status = CLIENT_CLOSED if self.disconnected or _is_disconnect(error) else 500
-        elif not self.ended and (self.disconnected or status == 0):
+        if self.disconnected:
+            status = CLIENT_CLOSED
+        elif error is not None and not self.ended:
+            status = CLIENT_CLOSED if _is_disconnect(error) else 500
+        elif status == 0:
             status = CLIENT_CLOSED
         route = self.mw.route_templates.get(id(scope.get("route")), UNMATCHED_ROUTE)
         method = scope["method"]

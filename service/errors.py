@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import structlog
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Scope
 
@@ -101,7 +101,13 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(request.scope, 500)
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    # Nobody is listening; 499 (nginx's "client closed request") keeps it out of the 5xx numbers.
+    return Response(status_code=499)
+
+
 EXCEPTION_HANDLERS = {
+    ClientDisconnect: handle_client_disconnect,
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,

@@ -22,6 +22,7 @@ from observability.logging import configure_logging, flush_logs
 from service import SERVICE_NAME, __version__
 from service.app import create_app
 from service.projects import REGISTRY
+from service.registry import ProjectSpec
 from service.settings import ConfigError, Settings, load_settings
 
 # Chosen by bench/ (see bench/RESULTS.md): the standard loop had the steadier p99.
@@ -76,20 +77,20 @@ def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, projects: tuple[ProjectSpec, ...] = REGISTRY) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=f"{SERVICE_NAME} {__version__}")
     parser.add_argument("--sandbox", action="store_true", help="wire projects to their local simulators")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=DEFAULT_LOOP, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(sandbox=args.sandbox, parsers={p.name: p.parse_settings for p in REGISTRY})
+        settings = load_settings(sandbox=args.sandbox, parsers={p.name: p.parse_settings for p in projects})
     except ConfigError as exc:
         # One line, naming the variable and what it expects; never the value.
         sys.stderr.write(f"{SERVICE_NAME}: configuration error: {exc}\n")
         return 2
     redactor = configure_logging(settings.log_level, settings.log_format)
     try:
-        app = create_app(settings, redactor=redactor)
+        app = create_app(settings, projects=projects, redactor=redactor)
         server = DrainingServer(
             uvicorn_config(settings, app, args.loop), app.state.health, settings.shutdown_drain_seconds
         )

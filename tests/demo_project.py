@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -52,6 +53,10 @@ def build(ctx: ProjectContext) -> ProjectApp:
         await asyncio.sleep(float(request.query_params.get("s", "0.5")))
         return JSONResponse({"slept": True})
 
+    @describe("Answers at once, then works for a while in the background")
+    async def background(request: Request) -> Response:
+        return JSONResponse({"queued": True}, background=BackgroundTask(asyncio.sleep, 1.0))
+
     async def health() -> CheckResult:
         return CheckResult(state["healthy"], observed_value=state["started"])  # type: ignore[arg-type]
 
@@ -68,6 +73,7 @@ def build(ctx: ProjectContext) -> ProjectApp:
             Route("/boom", boom),
             Route("/echo", echo, methods=["POST"]),
             Route("/slow", slow),
+            Route("/background", background),
         ],
         health=health,
         lifespan=lifespan,

@@ -56,7 +56,13 @@ class ServiceProcess:
 
     _counter = 0
 
-    def __init__(self, env: Mapping[str, str] | None = None, args: tuple[str, ...] = (), cwd: Path = ROOT) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        cwd: Path = ROOT,
+        module: str = "service",
+    ) -> None:
         ServiceProcess._counter += 1
         self.port = free_port()
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -73,6 +79,7 @@ class ServiceProcess:
             **(env or {}),
         }
         self.args = args
+        self.module = module
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -80,7 +87,7 @@ class ServiceProcess:
     def start(self, wait: bool = True, timeout: float = 15.0) -> ServiceProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             cwd=self.cwd,
             env=self.env,
             stdout=self._log,
@@ -130,9 +137,7 @@ class ServiceProcess:
 def serve_in_thread(app: Any, port: int | None = None, **config: Any) -> Iterator[str]:
     """A real uvicorn serving `app` on 127.0.0.1 from a background thread; yields the base URL."""
     port = port or free_port()
-    cfg = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **config
-    )
+    cfg = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **config)
     server = uvicorn.Server(cfg)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)

@@ -1,0 +1,165 @@
+"""Logs: one JSON object per line, an access line per request, request ids, no secrets."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import orjson
+import structlog
+
+from observability.logging import configure_logging, flush_logs, request_id_var
+from observability.redact import REDACTED, Redactor
+from tests.support import ServiceProcess, wait_until
+
+ACCESS_FIELDS = {
+    "timestamp",
+    "level",
+    "event",
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "bytes",
+    "client",
+    "user_agent",
+}
+
+
+def access_lines(service: ServiceProcess) -> list[dict]:
+    return [line for line in service.logs() if line.get("event") == "request"]
+
+
+def test_every_line_is_json_with_an_access_line_per_request(service_factory) -> None:
+    service = service_factory(env={"LOG_LEVEL": "info", "FORWARDED_ALLOW_IPS": "127.0.0.1"}).start()
+    httpx.get(service.base_url + "/", headers={"X-Request-ID": "log-test-1", "User-Agent": "agent/1"})
+    httpx.get(service.base_url + "/missing", headers={"X-Forwarded-For": "203.0.113.9"})
+    httpx.get(service.base_url + "/livez")
+    service.stop()
+    raw = service.log_path.read_bytes().splitlines()
+    assert raw, "no log output"
+    for line in raw:
+        assert isinstance(orjson.loads(line), dict)  # every line, uvicorn's included, is one JSON object
+    lines = access_lines(service)
+    assert len(lines) == 2  # /livez logs at debug, filtered out at info
+    first, second = lines
+    assert ACCESS_FIELDS <= set(first)
+    assert first["request_id"] == "log-test-1"
+    assert first["status"] == 200 and first["route"] == "/" and first["user_agent"] == "agent/1"
+    assert first["timestamp"].endswith("Z")
+    assert second["status"] == 404 and second["route"] == "__unmatched__"
+    assert second["client"] == "203.0.113.9"  # real client from a trusted proxy's header
+    uvicorn_lines = [line for line in service.logs() if line.get("logger", "").startswith("uvicorn")]
+    assert uvicorn_lines and all("timestamp" in line and "level" in line for line in uvicorn_lines)
+
+
+def test_untrusted_proxy_header_is_ignored(service_factory) -> None:
+    service = service_factory(env={"LOG_LEVEL": "info", "FORWARDED_ALLOW_IPS": "10.9.9.9"}).start()
+    httpx.get(service.base_url + "/", headers={"X-Forwarded-For": "203.0.113.9"})
+    service.stop()
+    assert access_lines(service)[0]["client"] == "127.0.0.1"
+
+
+def test_probes_log_at_debug(service_factory) -> None:
+    service = service_factory(env={"LOG_LEVEL": "debug"}).start()
+    httpx.get(service.base_url + "/readyz")
+    service.stop()
+    probe = [line for line in access_lines(service) if line["path"] == "/readyz"]
+    assert probe and probe[0]["level"] == "debug"
+
+
+def test_secrets_in_a_request_never_reach_the_log(service_factory) -> None:
+    service = service_factory(env={"LOG_LEVEL": "debug"}).start()
+    secrets = {
+        "access_token": "at-secret-111111",
+        "refresh_token": "rt-secret-222222",
+        "client_secret": "cs-secret-333333",
+        "code": "code-secret-444444",
+        "hub.verify_token": "vt-secret-555555",
+    }
+    httpx.get(
+        service.base_url + "/api/strava-integration/nothing",
+        params=secrets,
+        headers={"Authorization": "Bearer bearer-secret-666666", "X-API-Key": "apikey-secret-777777"},
+    )
+    service.stop()
+    text = service.raw_log()
+    for value in (*secrets.values(), "bearer-secret-666666", "apikey-secret-777777"):
+        assert value not in text
+    assert "access_token=[REDACTED]" in text  # the query is still logged, minus the values
+
+
+def test_rejected_request_id_is_neither_logged_nor_echoed(service_factory) -> None:
+    service = service_factory(env={"LOG_LEVEL": "info"}).start()
+    bad = "evil<script>" + "x" * 20
+    r = httpx.get(service.base_url + "/", headers={"X-Request-ID": bad})
+    assert r.headers["x-request-id"] != bad
+    service.stop()
+    assert "evil<script>" not in service.raw_log()
+
+
+def test_console_format_for_local_development(service_factory) -> None:
+    service = service_factory(env={"LOG_FORMAT": "console", "LOG_LEVEL": "info"}).start()
+    httpx.get(service.base_url + "/")
+    service.stop()
+    text = service.raw_log()
+    assert "\x1b[" in text  # colored
+    assert "request" in text
+    assert not text.lstrip().startswith("{")
+
+
+def test_log_level_filters(service_factory) -> None:
+    service = service_factory(env={"LOG_LEVEL": "warning"}).start()
+    httpx.get(service.base_url + "/")
+    httpx.get(service.base_url + "/nope")
+    service.stop()
+    assert access_lines(service) == []
+
+
+# Unit level: the redaction processor and the pipeline on their own.
+
+
+def test_redactor_removes_secret_keys_at_any_depth_and_query_values() -> None:
+    redactor = Redactor(secrets=("known-secret-value",))
+    event = {
+        "event": "x",
+        "headers": {"Authorization": "Bearer abc.def", "X-API-Key": "k1234567", "Accept": "json"},
+        "access_token": "t1",
+        "nested": [{"refresh_token": "t2", "client_secret": "t3"}],
+        "url": "https://h/oauth/token?code=c0de&client_secret=s3cr3t&ok=1",
+        "note": "prefix known-secret-value suffix",
+        "auth": "Bearer zzz.yyy",
+    }
+    out = redactor(None, "info", event)
+    assert out["headers"]["Authorization"] == REDACTED
+    assert out["headers"]["X-API-Key"] == REDACTED
+    assert out["headers"]["Accept"] == "json"
+    assert out["access_token"] == REDACTED
+    assert out["nested"][0] == {"refresh_token": REDACTED, "client_secret": REDACTED}
+    assert "c0de" not in out["url"] and "s3cr3t" not in out["url"] and "ok=1" in out["url"]
+    assert out["note"] == f"prefix {REDACTED} suffix"
+    assert "zzz" not in out["auth"]
+
+
+def test_pipeline_renders_one_json_line_with_request_id_and_redaction() -> None:
+    stream = io.BytesIO()
+    redactor = configure_logging("info", "json", stream=stream)
+    redactor.add_secret("learned-at-runtime-123")
+    token = request_id_var.set("rid-xyz")
+    try:
+        structlog.get_logger("t").info("hello", refresh_token="rt", detail="learned-at-runtime-123 seen")
+        structlog.get_logger("t").debug("filtered out")
+    finally:
+        request_id_var.reset(token)
+    assert wait_until(lambda: stream.getvalue().endswith(b"\n"), 2)
+    time.sleep(0.05)
+    flush_logs()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    line = orjson.loads(lines[0])
+    assert line["event"] == "hello" and line["request_id"] == "rid-xyz" and line["level"] == "info"
+    assert line["refresh_token"] == REDACTED
+    assert "learned-at-runtime-123" not in lines[0].decode()

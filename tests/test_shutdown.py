@@ -1,0 +1,65 @@
+"""Graceful shutdown: SIGTERM flips readiness, in-flight requests finish, the process exits 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+
+from tests.support import wait_until
+
+
+def test_sigterm_during_a_burst_drains_without_failures(service_factory) -> None:
+    service = service_factory(
+        env={"SHUTDOWN_DRAIN_SECONDS": "1.5", "SHUTDOWN_TIMEOUT_SECONDS": "10", "LOG_LEVEL": "info"},
+        module="tests.run_with_demo",
+    ).start()
+    assert httpx.get(service.base_url + "/readyz").status_code == 200
+
+    results: list[int | str] = []
+    lock = threading.Lock()
+
+    def slow_request() -> None:
+        try:
+            status: int | str = httpx.get(
+                service.base_url + "/api/demo/slow", params={"s": 1.0}, timeout=10
+            ).status_code
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=slow_request) for _ in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # all twenty are in flight now
+    assert service.proc is not None
+    service.proc.send_signal(signal.SIGTERM)
+
+    # During the drain the service still answers, but says it is not ready.
+    assert wait_until(lambda: httpx.get(service.base_url + "/readyz").status_code == 503, 1.0)
+    ready = httpx.get(service.base_url + "/readyz")
+    assert ready.json()["error"] == "not_ready" and ready.json()["message"] == "draining"
+    assert httpx.get(service.base_url + "/livez").status_code == 200
+
+    for t in threads:
+        t.join(15)
+    assert results == [200] * 20  # zero failed in-flight requests
+    service.proc.wait(15)
+    assert service.proc.returncode == 0
+    events = [line.get("event") for line in service.logs()]
+    assert "draining" in events and "service_stopped" in events
+
+
+def test_second_signal_skips_the_drain(service_factory) -> None:
+    service = service_factory(env={"SHUTDOWN_DRAIN_SECONDS": "30"}).start()
+    assert service.proc is not None
+    service.proc.send_signal(signal.SIGTERM)
+    assert wait_until(lambda: httpx.get(service.base_url + "/readyz").status_code == 503, 2)
+    started = time.monotonic()
+    service.proc.send_signal(signal.SIGTERM)
+    service.proc.wait(10)
+    assert service.proc.returncode == 0
+    assert time.monotonic() - started < 10  # did not sit out the 30 s drain
