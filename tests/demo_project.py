@@ -18,7 +18,6 @@ from service.openapi import Param, describe
 from service.registry import ProjectApp, ProjectContext, ProjectSpec
 from service.settings import Settings, env_str
 
-
 # Each build's lifecycle flags, newest last, so tests can see the hooks ran.
 STATES: list[dict[str, Any]] = []
 

@@ -133,7 +133,7 @@ def test_labels_stay_bounded_under_junk(served) -> None:
 
 
 def test_build_info_and_default_collectors(served) -> None:
-    app, url = served
+    _, url = served
     text = httpx.get(url + "/metrics").text
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"siteapi_build_info", "process_resident_memory_bytes", "python_info"} <= names

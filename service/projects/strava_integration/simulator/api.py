@@ -23,10 +23,11 @@ def _sim(request: Request) -> SimulatorState:
     return request.app.state.sim
 
 
-def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
+    """An integer query parameter clamped to [low, high]; None when absent."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     if len(raw) > 20:
         raise _BadParam(name)
     try:
@@ -42,13 +43,12 @@ async def get_athlete(request: Request) -> Response:
 
 async def list_athlete_activities(request: Request) -> Response:
     try:
-        before = _int_param(request, "before", None, -MAX_EPOCH, MAX_EPOCH)
-        after = _int_param(request, "after", None, -MAX_EPOCH, MAX_EPOCH)
-        page = _int_param(request, "page", 1, 1, MAX_PAGE)
-        per_page = _int_param(request, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
+        before = _int_param(request, "before", -MAX_EPOCH, MAX_EPOCH)
+        after = _int_param(request, "after", -MAX_EPOCH, MAX_EPOCH)
+        page = _int_param(request, "page", 1, MAX_PAGE) or 1
+        per_page = _int_param(request, "per_page", 1, MAX_PER_PAGE) or DEFAULT_PER_PAGE
     except _BadParam as exc:
         return bad_request("Application", exc.name)
-    assert page is not None and per_page is not None  # defaults given above
     activities = _sim(request).list_activities(before=before, after=after, page=page, per_page=per_page)
     return JsonResponse(activities)
 

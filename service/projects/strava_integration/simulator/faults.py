@@ -166,6 +166,10 @@ class FaultMiddleware:
 
     async def _drop_connection(self, receive: Receive) -> None:
         transport = _raw_transport(receive)
+        # Take the whole request first. Otherwise the RST can hit the client while it is still
+        # sending the body, and it then reports an ordinary EOF instead of "connection reset".
+        with contextlib.suppress(ValueError):
+            await _read_request_body(receive)
         if transport is None:
             # No socket to drop; an exception before http.response.start is the closest we get
             # (under a server this becomes a 500, under httpx.ASGITransport the client sees it raised).

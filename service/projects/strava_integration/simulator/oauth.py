@@ -26,7 +26,7 @@ def _sim(request: Request) -> SimulatorState:
 
 async def _params(request: Request) -> dict[str, str]:
     """Query string merged with a form (or JSON) body; Strava accepts its parameters either way."""
-    params = {k: v for k, v in request.query_params.items()}
+    params = dict(request.query_params)
     body = await read_body(request)
     if body.strip():
         if request.headers.get("content-type", "").startswith("application/json"):

@@ -137,11 +137,10 @@ def parse_iso_z(value: str) -> float:
 def _local_time(city: _City, local_naive: datetime) -> tuple[datetime, int]:
     """UTC moment and utc_offset for a wall-clock time in `city`."""
     try:
-        zone = ZoneInfo(city.tz)
+        delta = local_naive.replace(tzinfo=ZoneInfo(city.tz)).utcoffset()
     except ZoneInfoNotFoundError:  # no tzdata on this host: fall back to the standard offset
-        offset = city.standard_offset_s
-    else:
-        offset = int(local_naive.replace(tzinfo=zone).utcoffset().total_seconds())  # type: ignore[union-attr]
+        delta = None
+    offset = int(delta.total_seconds()) if delta is not None else city.standard_offset_s
     return local_naive.replace(tzinfo=UTC) - timedelta(seconds=offset), offset
 
 
@@ -246,7 +245,7 @@ def build_activity(
         "total_photo_count": photo_count,
         "map": {
             "id": f"a{activity_id}",
-            "summary_polyline": encode_polyline(points[::4] + points[-1:]) if points else "",
+            "summary_polyline": encode_polyline(points[::4]) if points else "",  # 49 points: keeps the closing one
             "polyline": encode_polyline(points) if points else "",
             "resource_state": 3,
         },
