@@ -175,6 +175,9 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # Client libraries log every request at info; our own code logs the upstream calls that matter.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[level]))
     # Our middleware writes the access line; uvicorn's would duplicate it without a request id.
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []

@@ -1,0 +1,74 @@
+"""The owner's OAuth connect flow: how an operator recovers when the refresh token is lost.
+
+`/auth/start` (admin key) redirects to Strava's authorize page with a signed, expiring,
+single-use `state`; `/auth/callback` checks it, exchanges the code and stores the tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+from service.errors import ApiError
+
+STATE_TTL_S = 600
+SCOPE = "read,activity:read"
+_MAX_STATE = 200
+_MAX_USED = 1024
+
+
+class StateSigner:
+    def __init__(self, secret: str, clock: Callable[[], float]) -> None:
+        self._key = hashlib.sha256(b"strava-oauth-state\x00" + secret.encode()).digest()
+        self.clock = clock
+        self._used: OrderedDict[str, float] = OrderedDict()
+
+    def _sign(self, payload: str) -> str:
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()[:40]
+
+    def issue(self) -> str:
+        payload = f"{int(self.clock()) + STATE_TTL_S}.{os.urandom(12).hex()}"
+        return f"{payload}.{self._sign(payload)}"
+
+    def verify(self, state: str | None) -> None:
+        """Raises a 400 unless the state is ours, unexpired and unused."""
+        if not state or len(state) > _MAX_STATE or state.count(".") != 2:
+            raise ApiError(400, "invalid_state", "The OAuth state is missing or malformed.", parameter="state")
+        payload, _, signature = state.rpartition(".")
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise ApiError(400, "invalid_state", "The OAuth state is not ours.", parameter="state")
+        expires = int(payload.split(".", 1)[0])
+        now = self.clock()
+        if expires < now:
+            raise ApiError(400, "invalid_state", "The OAuth state has expired; start again.", parameter="state")
+        if payload in self._used:
+            raise ApiError(400, "invalid_state", "The OAuth state was already used; start again.", parameter="state")
+        self._used[payload] = expires
+        while len(self._used) > _MAX_USED or (self._used and next(iter(self._used.values())) < now):
+            self._used.popitem(last=False)
+
+
+def authorize_url(oauth_url: str, client_id: str, redirect_uri: str, state: str) -> str:
+    query = urlencode(
+        {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "approval_prompt": "force",
+            "scope": SCOPE,
+            "state": state,
+        }
+    )
+    return f"{oauth_url}/authorize?{query}"
+
+
+def check_scope(granted: str | None) -> None:
+    scopes = set((granted or "").split(","))
+    if "activity:read" not in scopes and "activity:read_all" not in scopes:
+        raise ApiError(
+            400, "insufficient_scope", "Strava did not grant activity:read; authorize again and keep it checked."
+        )

@@ -1,0 +1,414 @@
+"""Strava's OAuth tokens: rotating refresh tokens, refreshed single-flight, persisted atomically.
+
+Strava rotates the refresh token on every refresh and the old one dies at once, so a new token
+set is written to disk (temp file, fsync, rename, fsync the directory) before it is used: a crash
+right after a refresh must not leave only a dead token behind. Concurrent callers share one
+refresh, and that refresh runs in its own task, so a caller giving up (its deadline passed)
+never cancels a refresh halfway between Strava's answer and the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from observability.redact import Redactor
+from service.projects.strava_integration.config import StravaSettings
+from service.projects.strava_integration.errors import (
+    AUTH_START_PATH,
+    AuthRejected,
+    NotConfigured,
+    UpstreamBadResponse,
+    UpstreamUnavailable,
+)
+from service.projects.strava_integration.upstream_metrics import StravaMetrics
+
+log = structlog.get_logger("strava.tokens")
+
+REFRESH_MARGIN_S = 300  # refresh when the access token expires within this
+REJECTED_RETRY_S = 60  # after a rejection, wait this long before trying the same refresh token again
+STILL_USABLE_S = 30  # if a refresh fails, an access token with this much life left is still handed out
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def write_token_file(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`, mode 0600, surviving a crash at any point."""
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".tmp", dir=directory)  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename is durable only once the directory entry is.
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _delete_token_file(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_token_file(raw: bytes) -> dict[str, Any]:
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    refresh = data.get("refresh_token")
+    if not isinstance(refresh, str) or not refresh:
+        raise ValueError("no refresh_token")
+    access = data.get("access_token")
+    expires_at = data.get("expires_at")
+    athlete_id = data.get("athlete_id")
+    scope = data.get("scope")
+    return {
+        "refresh_token": refresh,
+        "access_token": access if isinstance(access, str) and access else None,
+        "expires_at": int(expires_at) if _is_number(expires_at) else None,
+        "athlete_id": athlete_id if _is_number(athlete_id) and isinstance(athlete_id, int) else None,
+        "scope": scope if isinstance(scope, str) else None,
+    }
+
+
+def _rejected_field(response: httpx.Response) -> str | None:
+    """The `field` Strava names in a 4xx body (`client_id`, `refresh_token`, `code`), if any."""
+    try:
+        errors = orjson.loads(response.content).get("errors") or []
+        field = errors[0].get("field")
+    except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
+        return None
+    return field if isinstance(field, str) and len(field) <= 40 else None
+
+
+class TokenManager:
+    def __init__(
+        self,
+        settings: StravaSettings,
+        http: httpx.AsyncClient,
+        metrics: StravaMetrics,
+        redactor: Redactor,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.http = http
+        self.metrics = metrics
+        self.redactor = redactor
+        self.clock = clock
+        for secret in settings.secrets():
+            redactor.add_secret(secret)
+        self._access_token: str | None = None
+        self._expires_at: int | None = None
+        self._refresh_token: str | None = None
+        self._athlete_id: int | None = None
+        self._scope: str | None = None
+        self._source: str | None = None
+        self._auth_ok = False
+        self._last_refresh_at: float | None = None
+        self._last_error: str | None = None
+        self._rejected: tuple[str, float] | None = None  # (refresh token, when) of the last rejection
+        self._env_fallback_used = False
+        self._generation = 0  # bumped by forget() and exchange_code(): older refreshes are discarded
+        self._inflight: asyncio.Task[str] | None = None
+        self._file_lock = asyncio.Lock()  # one writer at a time, so disk and memory agree
+
+    # ---- start-up ----
+
+    def load(self) -> None:
+        """Take the persisted token set if there is a usable one, else the environment's token."""
+        path = self.settings.token_file
+        record: dict[str, Any] | None = None
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("strava_token_file_unreadable", path=str(path), error=type(exc).__name__)
+        else:
+            try:
+                record = _parse_token_file(raw)
+            except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+                log.warning("strava_token_file_corrupt", path=str(path), error=str(exc)[:200])
+            else:
+                with contextlib.suppress(OSError):
+                    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                        log.warning("strava_token_file_permissions", path=str(path), expected="0600")
+        if record is not None:
+            self._apply(record, "file")
+            log.info("strava_tokens_loaded", source="file", athlete_id=self._athlete_id)
+        elif self.settings.refresh_token:
+            self._refresh_token = self.settings.refresh_token
+            self._source = "environment"
+            self._env_fallback_used = True
+            self.redactor.add_secret(self._refresh_token)
+            log.info("strava_tokens_loaded", source="environment")
+        self._auth_ok = self._refresh_token is not None and self._credentials()
+        self._publish()
+
+    def _credentials(self) -> bool:
+        return bool(self.settings.client_id and self.settings.client_secret)
+
+    def _apply(self, record: dict[str, Any], source: str) -> None:
+        self._refresh_token = record["refresh_token"]
+        self._access_token = record.get("access_token")
+        self._expires_at = record.get("expires_at")
+        if record.get("athlete_id") is not None:
+            self._athlete_id = record["athlete_id"]
+        if record.get("scope") is not None:
+            self._scope = record["scope"]
+        self._source = source
+        self.redactor.add_secret(self._refresh_token)
+        self.redactor.add_secret(self._access_token)
+
+    def _publish(self) -> None:
+        self.metrics.auth_ok.set(1 if self._auth_ok else 0)
+        self.metrics.token_expires_at.set(self._expires_at or 0)
+
+    # ---- the request path ----
+
+    @property
+    def athlete_id(self) -> int | None:
+        return self._athlete_id
+
+    def _fresh(self, margin: float = REFRESH_MARGIN_S) -> bool:
+        return (
+            self._access_token is not None and self._expires_at is not None and self._expires_at - self.clock() > margin
+        )
+
+    async def access_token(self) -> str:
+        """A valid access token, refreshed (once, for all concurrent callers) when it is about to expire."""
+        if self._fresh() and self._access_token is not None:
+            return self._access_token
+        held = self._access_token
+        try:
+            return await self._shared_refresh()
+        except (UpstreamUnavailable, UpstreamBadResponse):
+            # Strava's token endpoint is down, but the token we hold still works for a while.
+            if held is not None and held == self._access_token and self._fresh(STILL_USABLE_S):
+                return held
+            raise
+
+    async def refresh_after_401(self, rejected_access_token: str) -> str:
+        """Strava refused `rejected_access_token`: refresh, unless someone already replaced it."""
+        if self._access_token is not None and self._access_token != rejected_access_token and self._fresh(0):
+            return self._access_token
+        return await self._shared_refresh()
+
+    async def _shared_refresh(self) -> str:
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.create_task(self._refresh(), name="strava-token-refresh")
+        # shield: a caller that gives up must not cancel the refresh the others wait for.
+        return await asyncio.shield(self._inflight)
+
+    async def _refresh(self) -> str:
+        if not self._credentials() or self._refresh_token is None:
+            raise NotConfigured()
+        token = self._refresh_token
+        rejected = self._rejected
+        if rejected is not None and rejected[0] == token and self.clock() - rejected[1] < REJECTED_RETRY_S:
+            raise AuthRejected()
+        generation = self._generation
+        source = self._source or "environment"
+        try:
+            payload = await self._post_token({"grant_type": "refresh_token", "refresh_token": token}, "refresh")
+        except AuthRejected:
+            fallback = self.settings.refresh_token
+            if self._env_fallback_used or not fallback or fallback == token or generation != self._generation:
+                raise
+            # The persisted token is dead (a sandbox simulator that restarted, or an operator who
+            # put a new token in the environment): the environment's token gets one try.
+            self._env_fallback_used = True
+            log.warning("strava_token_file_rejected_trying_environment")
+            try:
+                payload = await self._post_token({"grant_type": "refresh_token", "refresh_token": fallback}, "refresh")
+            except AuthRejected:
+                self._rejected = (token, self.clock())
+                raise
+            source = "environment"
+        if not await self._accept(payload, source, generation):
+            # exchange_code() or forget() ran meanwhile; their outcome is the newer truth.
+            if self._access_token is not None and self._fresh(0):
+                return self._access_token
+            raise NotConfigured()
+        self.metrics.token_refreshes.labels("success").inc()
+        log.info("strava_token_refreshed", expires_at=_iso(self._expires_at), athlete_id=self._athlete_id)
+        assert self._access_token is not None
+        return self._access_token
+
+    async def _post_token(self, form: dict[str, str], purpose: str) -> dict[str, Any]:
+        """POST to Strava's token endpoint; the parsed token response, or an `UpstreamError`."""
+        data = {"client_id": self.settings.client_id or "", "client_secret": self.settings.client_secret or "", **form}
+        url = f"{self.settings.oauth_url}/token"
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                response = await self.http.post(url, data=data, headers={"Accept": "application/json"})
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            self._failed(purpose, "timeout", started, f"token endpoint timed out ({type(exc).__name__})")
+            raise UpstreamUnavailable("Strava's token endpoint did not answer in time.") from None
+        except httpx.HTTPError as exc:
+            self._failed(purpose, "error", started, f"token endpoint unreachable ({type(exc).__name__})")
+            raise UpstreamUnavailable("Strava's token endpoint is unreachable.") from None
+        status = response.status_code
+        if status in (400, 401):
+            field = _rejected_field(response)
+            self.metrics.observe_request("token", status, time.perf_counter() - started)
+            if purpose == "refresh":
+                self._rejected = (form["refresh_token"], self.clock())
+                self._auth_ok = False
+                self._publish()
+                self.metrics.token_refreshes.labels("rejected").inc()
+            if field == "client_id":
+                self._last_error = "Strava rejected the client id or secret (check STRAVA_CLIENT_ID/SECRET)."
+            elif purpose == "refresh":
+                self._last_error = f"Strava rejected the refresh token; re-authorize at {AUTH_START_PATH}."
+            else:
+                self._last_error = f"Strava rejected the authorization code; start again at {AUTH_START_PATH}."
+            log.warning("strava_token_rejected", purpose=purpose, status=status, field=field)
+            raise AuthRejected(self._last_error)
+        if status != 200:
+            self._failed(purpose, status, started, f"token endpoint answered {status}")
+            raise UpstreamUnavailable("Strava's token endpoint failed.", status=503 if status == 503 else 502)
+        try:
+            payload = orjson.loads(response.content)
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+            access, refresh, expires_at = payload["access_token"], payload["refresh_token"], payload["expires_at"]
+            if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
+                raise ValueError("tokens missing")
+            if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+                raise ValueError("expires_at missing")
+        except (ValueError, KeyError, TypeError):
+            self._failed(purpose, status, started, "token endpoint sent an unusable response")
+            raise UpstreamBadResponse("Strava's token endpoint sent an unusable response.") from None
+        self.metrics.observe_request("token", status, time.perf_counter() - started)
+        # Learn the secrets first: nothing below may log them in clear.
+        self.redactor.add_secret(access)
+        self.redactor.add_secret(refresh)
+        return payload
+
+    def _failed(self, purpose: str, status: int | str, started: float, message: str) -> None:
+        duration = time.perf_counter() - started
+        self.metrics.observe_request("token", status, duration)
+        if purpose == "refresh":
+            self.metrics.token_refreshes.labels("error").inc()
+        self._last_error = message
+        log.warning("strava_token_request_failed", purpose=purpose, status=status, duration_s=round(duration, 3))
+
+    async def _accept(self, payload: dict[str, Any], source: str, generation: int) -> bool:
+        """Persist the new token set, then use it; False (and nothing done) if it is outdated."""
+        athlete = payload.get("athlete")
+        athlete_id = athlete.get("id") if isinstance(athlete, dict) else None
+        if not (_is_number(athlete_id) and isinstance(athlete_id, int)):
+            athlete_id = self._athlete_id
+        record = {
+            "access_token": payload["access_token"],
+            "refresh_token": payload["refresh_token"],
+            "expires_at": int(payload["expires_at"]),
+            "athlete_id": athlete_id,
+            "scope": payload.get("scope") if isinstance(payload.get("scope"), str) else self._scope,
+            "saved_at": _iso(self.clock()),
+        }
+        async with self._file_lock:
+            if generation != self._generation:
+                return False
+            try:
+                await asyncio.to_thread(write_token_file, self.settings.token_file, orjson.dumps(record))
+            except OSError as exc:
+                # Strava already rotated: the old token is dead, so keeping the new one in memory
+                # is the only way to go on working. Say loudly that a restart would lose it.
+                path = str(self.settings.token_file)
+                log.error("strava_token_file_write_failed", path=path, error=type(exc).__name__)
+                self._last_error = "The new Strava token set could not be saved; a restart needs re-authorization."
+            else:
+                self._last_error = None
+            self._apply(record, source)
+            self._auth_ok = True
+            self._rejected = None
+            self._last_refresh_at = self.clock()
+            self._publish()
+        return True
+
+    # ---- OAuth callback and deauthorization ----
+
+    async def exchange_code(self, code: str, scope: str | None = None) -> dict[str, Any]:
+        """Redeem an authorization code from the OAuth callback; returns Strava's athlete summary (or {})."""
+        if not self._credentials():
+            raise NotConfigured()
+        self.redactor.add_secret(code)
+        payload = await self._post_token({"grant_type": "authorization_code", "code": code}, "exchange")
+        if scope is not None:
+            payload = {**payload, "scope": scope}
+        self._generation += 1  # a refresh in flight now would overwrite this newer set
+        self._env_fallback_used = True  # a fresh authorization beats the environment's old token
+        await self._accept(payload, "oauth", self._generation)
+        log.info("strava_authorized", athlete_id=self._athlete_id, scope=self._scope)
+        athlete = payload.get("athlete")
+        return dict(athlete) if isinstance(athlete, dict) else {}
+
+    async def forget(self) -> None:
+        """The athlete deauthorized us: drop the tokens from disk and memory."""
+        self._generation += 1
+        async with self._file_lock:
+            await asyncio.to_thread(_delete_token_file, self.settings.token_file)
+        self._access_token = self._refresh_token = None
+        self._expires_at = None
+        self._athlete_id = None
+        self._scope = None
+        self._source = None
+        self._auth_ok = False
+        self._env_fallback_used = True  # the environment's token belongs to the revoked grant too
+        self._last_error = f"Strava access was revoked; re-authorize at {AUTH_START_PATH}."
+        self._publish()
+        log.warning("strava_tokens_forgotten")
+
+    async def aclose(self) -> None:
+        """Let a refresh in flight finish its write, so a rotated token is not lost at shutdown."""
+        task = self._inflight
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds + 1)
+
+    # ---- reporting ----
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "configured": self._credentials() and self._refresh_token is not None,
+            "auth_ok": self._auth_ok,
+            "access_token_expires_at": _iso(self._expires_at),
+            "athlete_id": self._athlete_id,
+            "scope": self._scope,
+            "last_refresh_at": _iso(self._last_refresh_at),
+            "last_error": self._last_error,
+            "token_source": self._source,
+        }

@@ -1,0 +1,375 @@
+"""TokenManager against the Strava simulator in a real uvicorn: rotation, persistence, single-flight.
+
+The helpers at the top (FakeClock, running_simulator, strava_settings, make_tokens) are shared by
+the other test_strava_* modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from observability.metrics import Metrics
+from observability.redact import Redactor
+from service.projects.strava_integration.config import StravaSettings
+from service.projects.strava_integration.errors import (
+    AuthRejected,
+    NotConfigured,
+    UpstreamUnavailable,
+)
+from service.projects.strava_integration.simulator import SimulatorConfig, SimulatorState, create_simulator
+from service.projects.strava_integration.tokens import TokenManager
+from service.projects.strava_integration.upstream_metrics import StravaMetrics
+from tests.support import serve_in_thread
+
+T0 = 1714557800.0  # 2024-05-01T10:03:20Z: well inside a quarter hour, far from midnight
+SIM = SimulatorConfig()
+SIX_HOURS = 6 * 3600
+
+
+class FakeClock:
+    """Unix seconds that move only when a test says so; shared by the simulator and our code."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@contextlib.contextmanager
+def running_simulator(clock: FakeClock) -> Iterator[tuple[str, SimulatorState]]:
+    app = create_simulator(SimulatorConfig(), clock=clock)
+    with serve_in_thread(app) as base_url:
+        yield base_url, app.state.sim
+
+
+def strava_settings(base_url: str, tmp_path: Path, **overrides: Any) -> StravaSettings:
+    values: dict[str, Any] = {
+        "client_id": SIM.client_id,
+        "client_secret": SIM.client_secret,
+        "refresh_token": SIM.initial_refresh_token,
+        "api_url": f"{base_url}/api/v3",
+        "oauth_url": f"{base_url}/oauth",
+        "token_file": tmp_path / "strava" / "tokens.json",
+        "request_timeout_seconds": 5.0,
+        "connect_timeout_seconds": 1.0,
+    }
+    values.update(overrides)
+    return StravaSettings(**values)
+
+
+class Harness:
+    """One app's worth of the pieces: a registry, the Strava metrics, a redactor."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics("test")
+        self.strava = StravaMetrics(self.metrics)
+        self.redactor = Redactor()
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels or {})
+
+
+def make_tokens(settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, harness: Harness) -> TokenManager:
+    return TokenManager(settings, http, harness.strava, harness.redactor, clock)
+
+
+def refresh_calls(sim: SimulatorState) -> int:
+    return sim.stats()["calls"].get("POST /oauth/token", 0)
+
+
+# ---- fixtures ----
+
+
+@pytest.fixture(scope="module")
+def module_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def simulator(module_clock: FakeClock) -> Iterator[tuple[str, SimulatorState]]:
+    with running_simulator(module_clock) as running:
+        yield running
+
+
+@pytest.fixture
+def clock(module_clock: FakeClock, simulator: tuple[str, SimulatorState]) -> FakeClock:
+    module_clock.now = T0
+    simulator[1].reset()  # fresh tokens, limits, faults and counters for every test
+    return module_clock
+
+
+@pytest.fixture
+def sim(simulator: tuple[str, SimulatorState], clock: FakeClock) -> SimulatorState:
+    return simulator[1]
+
+
+@pytest.fixture
+def settings(simulator: tuple[str, SimulatorState], tmp_path: Path) -> StravaSettings:
+    return strava_settings(simulator[0], tmp_path)
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        yield client
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+# ---- tests ----
+
+
+async def test_rotation_persists_the_newest_token_set_and_survives_a_restart(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(settings, http, clock, harness)
+    tokens.load()
+    assert tokens.status()["token_source"] == "environment"
+
+    first = await tokens.access_token()
+    first_refresh = sim.refresh_token
+    assert first_refresh != SIM.initial_refresh_token
+    assert await tokens.access_token() == first  # still fresh: no second refresh
+    assert refresh_calls(sim) == 1
+
+    clock.advance(SIX_HOURS - 200)  # expires within 5 minutes: refresh again
+    second = await tokens.access_token()
+    assert second != first
+    assert sim.stats()["token_refreshes"] == 2
+
+    # The rotated-away refresh token is dead at Strava.
+    dead = await http.post(
+        f"{settings.oauth_url}/token",
+        data={
+            "client_id": SIM.client_id,
+            "client_secret": SIM.client_secret,
+            "grant_type": "refresh_token",
+            "refresh_token": first_refresh,
+        },
+    )
+    assert dead.status_code == 400
+
+    path = settings.token_file
+    saved = orjson.loads(path.read_bytes())
+    assert saved["refresh_token"] == sim.refresh_token
+    assert saved["access_token"] == second
+    assert saved["athlete_id"] is None or isinstance(saved["athlete_id"], int)
+    assert isinstance(saved["expires_at"], int) and saved["saved_at"].endswith("Z")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert not [p for p in path.parent.iterdir() if p.name != path.name]  # no temp files left
+    assert harness.sample("siteapi_strava_token_refreshes_total", {"outcome": "success"}) == 2
+    assert harness.sample("siteapi_strava_token_expires_at_seconds") == saved["expires_at"]
+
+    # A restart: the environment still holds the original, long-dead token; the file wins.
+    restarted = make_tokens(settings, http, clock, Harness())
+    restarted.load()
+    assert restarted.status()["token_source"] == "file"
+    assert await restarted.access_token() == second  # loaded, not refreshed
+    clock.advance(SIX_HOURS)
+    third = await restarted.access_token()
+    assert third not in (first, second)
+    assert sim.stats()["token_refreshes"] == 3
+    assert orjson.loads(path.read_bytes())["refresh_token"] == sim.refresh_token
+
+
+async def test_concurrent_callers_share_one_refresh(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(settings, http, clock, harness)
+    tokens.load()
+    results = await asyncio.gather(*(tokens.access_token() for _ in range(20)))
+    assert len(set(results)) == 1
+    assert sim.stats()["token_refreshes"] == 1
+
+    clock.advance(SIX_HOURS)  # expired: again twenty callers, one refresh
+    results = await asyncio.gather(*(tokens.access_token() for _ in range(20)))
+    assert len(set(results)) == 1
+    assert sim.stats()["token_refreshes"] == 2
+
+
+async def test_concurrent_callers_share_one_failed_refresh(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    sim.set_fault("http_503", path_prefix="/oauth")
+    tokens = make_tokens(settings, http, clock, harness)
+    tokens.load()
+    results = await asyncio.gather(*(tokens.access_token() for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(r, UpstreamUnavailable) for r in results)
+    assert refresh_calls(sim) == 1
+    assert harness.sample("siteapi_strava_token_refreshes_total", {"outcome": "error"}) == 1
+
+
+async def test_a_refresh_failure_hands_out_the_still_valid_token(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(settings, http, clock, harness)
+    tokens.load()
+    held = await tokens.access_token()
+    clock.advance(SIX_HOURS - 120)  # inside the refresh margin, but not expired
+    sim.set_fault("http_502", path_prefix="/oauth")
+    assert await tokens.access_token() == held
+    clock.advance(110)  # now too close to expiry to hand out
+    with pytest.raises(UpstreamUnavailable):
+        await tokens.access_token()
+
+
+async def test_a_rejected_refresh_token_marks_auth_failed_and_is_not_retried_in_a_loop(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(settings, http, clock, harness)
+    tokens.load()
+    await tokens.access_token()
+    assert harness.sample("siteapi_strava_auth_ok") == 1
+    sim.revoke()
+    clock.advance(SIX_HOURS)
+
+    with pytest.raises(AuthRejected) as caught:
+        await tokens.access_token()
+    assert "/api/strava-integration/auth/start" in caught.value.message
+    assert caught.value.status == 503 and caught.value.code == "strava_auth_rejected"
+    status = tokens.status()
+    assert status["auth_ok"] is False
+    assert "/api/strava-integration/auth/start" in status["last_error"]
+    assert harness.sample("siteapi_strava_auth_ok") == 0
+    assert harness.sample("siteapi_strava_token_refreshes_total", {"outcome": "rejected"}) == 1
+
+    calls = refresh_calls(sim)
+    for _ in range(5):
+        with pytest.raises(AuthRejected):
+            await tokens.access_token()
+    assert refresh_calls(sim) == calls  # no request for the same dead token within a minute
+    clock.advance(61)
+    with pytest.raises(AuthRejected):
+        await tokens.access_token()
+    assert refresh_calls(sim) == calls + 1
+
+
+async def test_a_dead_persisted_token_falls_back_to_the_environment_once(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    # e.g. a sandbox simulator that restarted: the file's token is unknown, the environment's works.
+    settings.token_file.parent.mkdir(parents=True)
+    settings.token_file.write_bytes(orjson.dumps({"refresh_token": "stale-refresh-token", "expires_at": 0}))
+    tokens = make_tokens(settings, http, clock, harness)
+    tokens.load()
+    assert tokens.status()["token_source"] == "file"
+    await tokens.access_token()
+    assert tokens.status()["token_source"] == "environment"
+    assert orjson.loads(settings.token_file.read_bytes())["refresh_token"] == sim.refresh_token
+
+
+async def test_a_corrupt_token_file_falls_back_to_the_environment_token(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    settings.token_file.parent.mkdir(parents=True)
+    settings.token_file.write_bytes(b'{"refresh_token": ')
+    tokens = make_tokens(settings, http, clock, harness)
+    with capture_logs() as logs:
+        tokens.load()
+    assert any(e["event"] == "strava_token_file_corrupt" and e["log_level"] == "warning" for e in logs)
+    assert tokens.status()["token_source"] == "environment"
+    assert await tokens.access_token()
+    assert orjson.loads(settings.token_file.read_bytes())["refresh_token"] == sim.refresh_token
+
+
+async def test_tokens_never_reach_the_logs_and_are_taught_to_the_redactor(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(settings, http, clock, harness)
+    with capture_logs() as logs:
+        tokens.load()
+        access = await tokens.access_token()
+        sim.revoke()
+        clock.advance(SIX_HOURS)
+        with pytest.raises(AuthRejected):
+            await tokens.access_token()
+    rendered = orjson.dumps(logs, default=str).decode()
+    saved = orjson.loads(settings.token_file.read_bytes())
+    for secret in (access, saved["refresh_token"], SIM.client_secret, SIM.initial_refresh_token):
+        assert secret not in rendered
+        assert harness.redactor.scrub(f"x {secret} y") == "x [REDACTED] y"
+    assert any(e["event"] == "strava_token_refreshed" for e in logs)
+    status_text = orjson.dumps(tokens.status()).decode()
+    assert access not in status_text and saved["refresh_token"] not in status_text
+
+
+async def test_exchange_code_stores_a_new_grant_and_learns_the_athlete(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(replace(settings, refresh_token=None), http, clock, harness)
+    tokens.load()
+    assert tokens.status()["configured"] is False
+    assert harness.sample("siteapi_strava_auth_ok") == 0
+
+    athlete = await tokens.exchange_code(sim.new_code(), scope="read,activity:read_all")
+    assert athlete["id"] == SIM.athlete_id
+    assert tokens.athlete_id == SIM.athlete_id
+    status = tokens.status()
+    assert status["token_source"] == "oauth" and status["auth_ok"] is True and status["configured"] is True
+    assert status["athlete_id"] == SIM.athlete_id
+    saved = orjson.loads(settings.token_file.read_bytes())
+    assert saved["refresh_token"] == sim.refresh_token
+    assert saved["athlete_id"] == SIM.athlete_id and saved["scope"] == "read,activity:read_all"
+    assert await tokens.access_token() == saved["access_token"]
+
+    with pytest.raises(AuthRejected):  # codes work once
+        await tokens.exchange_code("not-a-real-code")
+    assert tokens.status()["auth_ok"] is True  # a bad code does not spoil the grant we hold
+
+
+async def test_forget_deletes_the_tokens(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(settings, http, clock, harness)
+    tokens.load()
+    await tokens.access_token()
+    assert settings.token_file.exists()
+    await tokens.forget()
+    assert not settings.token_file.exists()
+    assert tokens.status()["auth_ok"] is False and tokens.status()["token_source"] is None
+    assert harness.sample("siteapi_strava_auth_ok") == 0
+    with pytest.raises(NotConfigured):
+        await tokens.access_token()
+    assert sim.stats()["token_refreshes"] == 1
+
+
+async def test_without_credentials_no_request_is_made(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    tokens = make_tokens(replace(settings, client_id=None), http, clock, harness)
+    tokens.load()
+    with pytest.raises(NotConfigured):
+        await tokens.access_token()
+    assert refresh_calls(sim) == 0
+    assert tokens.status()["configured"] is False
+
+
+def test_file_io_helpers_use_private_modes(tmp_path: Path) -> None:
+    from service.projects.strava_integration.tokens import write_token_file
+
+    target = tmp_path / "new" / "tokens.json"
+    write_token_file(target, b"{}")
+    write_token_file(target, b'{"a": 1}')
+    assert target.read_bytes() == b'{"a": 1}'
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(target.parent).st_mode) == 0o700
