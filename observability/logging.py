@@ -21,6 +21,7 @@ from observability.redact import Redactor
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
+_sink: LineSink | None = None
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -75,27 +76,29 @@ class LineSink:
 
 
 class _SinkLogger:
-    """The structlog logger at the end of the chain: takes rendered bytes or str."""
+    """The structlog logger at the end of the chain: takes rendered bytes or str.
 
-    __slots__ = ("_write",)
+    It writes to whichever sink is current, so loggers cached before a reconfiguration follow it.
+    """
 
-    def __init__(self, sink: LineSink) -> None:
-        self._write = sink.write
+    __slots__ = ()
 
     def msg(self, message: bytes | str) -> None:
+        sink = _sink
+        if sink is None:
+            return
         if isinstance(message, str):
             message = message.encode("utf-8", "replace")
-        self._write(message + b"\n")
+        sink.write(message + b"\n")
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-class _SinkLoggerFactory:
-    def __init__(self, sink: LineSink) -> None:
-        self._logger = _SinkLogger(sink)
+_LOGGER = _SinkLogger()
 
-    def __call__(self, *args: Any) -> _SinkLogger:
-        return self._logger
+
+def _logger_factory(*args: Any) -> _SinkLogger:
+    return _LOGGER
 
 
 class _SinkHandler(logging.Handler):
@@ -125,9 +128,6 @@ def _orjson_str(obj: Any, **kwargs: Any) -> str:
 
 def _orjson_bytes(obj: Any, **kwargs: Any) -> bytes:
     return orjson.dumps(obj, default=str)
-
-
-_sink: LineSink | None = None
 
 
 def configure_logging(
@@ -161,7 +161,7 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=_SinkLoggerFactory(sink),
+        logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -4,7 +4,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import SECRETS, ServiceProcess
+from tests import figures
+from tests.support import LOG_DIR, SECRETS, ServiceProcess, configure_test_logging, secret_hits
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    configure_test_logging()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Secret hygiene over the whole run: no distinctive secret in any captured log line."""
+    hits = secret_hits(SECRETS.values())
+    files = len(list(LOG_DIR.glob("*.log")))
+    figures.record("secret hygiene (log scan)", log_files=files, secrets=len(SECRETS), hits=len(hits))
+    if hits:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nSECRET LEAK in captured logs: {hits}")
 
 
 @pytest.fixture(scope="session")

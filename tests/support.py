@@ -12,9 +12,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ import orjson
 import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
-LOG_DIR = Path(os.environ.get("SITEAPI_TEST_LOG_DIR", "/tmp/siteapi-test-logs"))
+# Fresh per test session: every log line the suite produces lands here, and is scanned for secrets.
+LOG_DIR = Path(os.environ.get("SITEAPI_TEST_LOG_DIR") or tempfile.mkdtemp(prefix="siteapi-test-logs-"))
+IN_PROCESS_LOG = LOG_DIR / "in-process.log"
 
 # Distinctive values: any of them showing up in a log, error body or metric is a leak.
 SECRETS = {
@@ -33,6 +36,26 @@ SECRETS = {
     "STRAVA_WEBHOOK_VERIFY_TOKEN": "vtok-ZZ9-leakcheck-verify",
     "METRICS_BEARER_TOKEN": "mtok-ZZ9-leakcheck-metrics-token",
 }
+
+
+def configure_test_logging() -> None:
+    """In-process apps log JSON at debug level into the session's log directory."""
+    from observability.logging import configure_logging
+
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    configure_logging("debug", "json", stream=open(IN_PROCESS_LOG, "ab"))  # noqa: SIM115  (lives all session)
+
+
+def secret_hits(values: Iterable[str]) -> dict[str, list[str]]:
+    """Which log files under LOG_DIR contain which of `values`."""
+    hits: dict[str, list[str]] = {}
+    wanted = [v.encode() for v in values if v]
+    for path in sorted(LOG_DIR.glob("*.log")):
+        data = path.read_bytes()
+        found = [v.decode() for v in wanted if v in data]
+        if found:
+            hits[path.name] = found
+    return hits
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import structlog
 
 from observability.logging import configure_logging, flush_logs, request_id_var
 from observability.redact import REDACTED, Redactor
-from tests.support import ServiceProcess, wait_until
+from tests.support import ServiceProcess, configure_test_logging, wait_until
 
 ACCESS_FIELDS = {
     "timestamp",
@@ -147,6 +147,13 @@ def test_redactor_removes_secret_keys_at_any_depth_and_query_values() -> None:
 def test_pipeline_renders_one_json_line_with_request_id_and_redaction() -> None:
     stream = io.BytesIO()
     redactor = configure_logging("info", "json", stream=stream)
+    try:
+        _log_and_check(stream, redactor)
+    finally:
+        configure_test_logging()  # back to the session's log file
+
+
+def _log_and_check(stream: io.BytesIO, redactor: Redactor) -> None:
     redactor.add_secret("learned-at-runtime-123")
     token = request_id_var.set("rid-xyz")
     try:
