@@ -65,7 +65,7 @@ def iter_routes(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple
         if isinstance(route, Mount):
             yield from iter_routes(route.routes, prefix + route.path)
         elif isinstance(route, Route):
-            yield prefix + route.path, route
+            yield prefix + route.path_format, route  # {id}, not {id:int}
 
 
 def route_templates(routes: Sequence[BaseRoute]) -> dict[int, str]:

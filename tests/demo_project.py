@@ -27,7 +27,7 @@ def parse_settings(env: Mapping[str, str], settings: Settings) -> dict[str, Any]
 
 
 def build(ctx: ProjectContext) -> ProjectApp:
-    state = {"started": False, "stopped": False, "healthy": "pass"}
+    state = {"started": False, "stopped": False, "healthy": "pass", "ready": True}
     hits = ctx.metrics.counter("demo_hits_total", "Demo hits.", ["kind"])
 
     @describe("Greets", params=[Param("times", {"type": "integer", "minimum": 1, "maximum": 5})])
@@ -76,6 +76,7 @@ def build(ctx: ProjectContext) -> ProjectApp:
         ],
         health=health,
         lifespan=lifespan,
+        ready=lambda: bool(state["ready"]),
         info=lambda: {"greeting": ctx.project_settings["greeting"]},
     )
 
