@@ -14,6 +14,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Scope
 
 from observability.request_id import request_id_of
@@ -91,8 +92,41 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    headers = exc.headers
+    if exc.status_code == 405:
+        allow = allowed_methods(request.scope)
+        if allow:
+            headers = {**(headers or {}), "Allow": allow}
     # Starlette's detail defaults to the reason phrase; we prefer our own stable wording.
-    return error_response(request.scope, exc.status_code, headers=exc.headers)
+    return error_response(request.scope, exc.status_code, headers=headers)
+
+
+def allowed_methods(scope: Scope) -> str | None:
+    """Every method some route at this path accepts, for a 405's `Allow`.
+
+    Starlette's 405 names only the methods of the first route that matched the path, so two
+    routes on one path (GET and POST /webhook) would each hide the other's methods.
+    """
+    routes = getattr(scope.get("app"), "routes", None)
+    if routes is None:
+        return None
+    # The path as the app first saw it: mounts have since moved their prefix into root_path.
+    root_path = scope.get("app_root_path", scope.get("root_path", ""))
+    probe = {"type": "http", "path": scope["path"], "root_path": root_path, "method": ""}
+    methods: set[str] = set()
+    _collect_methods(routes, probe, methods)
+    return ", ".join(sorted(methods)) or None
+
+
+def _collect_methods(routes: list[BaseRoute], scope: Scope, methods: set[str]) -> None:
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            _collect_methods(route.routes, {**scope, **child}, methods)
+        elif isinstance(route, Route) and route.methods:
+            methods.update(route.methods)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -32,9 +32,12 @@ class Param:
     description: str = ""
     required: bool = False
     where: str = "query"
+    allow_empty: bool = False  # `?name=` is accepted and means the same as leaving it out
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "in": self.where, "required": self.required, "schema": self.schema}
+        if self.allow_empty:
+            out["allowEmptyValue"] = True
         if self.description:
             out["description"] = self.description
         return out

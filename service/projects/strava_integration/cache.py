@@ -4,7 +4,7 @@
 - Within the stale window, the old value is served at once and one background refresh starts.
 - Past it (or on a miss) callers wait for one shared load: fifty concurrent callers on a cold
   key cause one upstream call.
-- When a load fails and an old value exists, the old value is served, marked stale.
+- When a load fails and an old value still inside the stale window exists, it is served, marked stale.
 - Entries are evicted least-recently-used beyond `max_entries` or `max_bytes`.
 
 It never sleeps and never retries; the loader decides what one attempt means.
@@ -60,6 +60,7 @@ class SWRCache:
         self.bytes = 0
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
+        self._generation = 0  # bumped by clear(): loads begun before it must not refill the cache
         self._background: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
@@ -90,8 +91,8 @@ class SWRCache:
             fresh = await self._load(key, loader)
         except Exception:
             entry = self._entries.get(key)
-            if entry is None:
-                raise
+            if entry is None or self.clock() - entry.fetched_at > self.ttl + self.stale:
+                raise  # nothing to fall back on, or too old to show even when the source fails
             entry.failed_at = self.clock()
             return Lookup(entry.value, entry.fetched_at, True)
         return Lookup(fresh.value, fresh.fetched_at, False)
@@ -118,6 +119,7 @@ class SWRCache:
             return await asyncio.shield(future)
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        generation = self._generation
         try:
             value, size = await loader()
         except BaseException as exc:
@@ -127,11 +129,13 @@ class SWRCache:
             raise
         else:
             entry = Entry(value, size, self.clock())
-            self._store(key, entry)
+            if generation == self._generation:
+                self._store(key, entry)
             future.set_result(entry)
             return entry
         finally:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
 
     def _store(self, key: str, entry: Entry) -> None:
         old = self._entries.pop(key, None)
@@ -158,7 +162,10 @@ class SWRCache:
         return len(keys)
 
     def clear(self) -> None:
+        """Forget everything at once, including loads in flight: later callers start their own."""
         self._entries.clear()
+        self._inflight.clear()
+        self._generation += 1
         self.bytes = 0
 
     async def aclose(self) -> None:

@@ -111,6 +111,7 @@ class StravaClient:
         )
         self.tokens = tokens or TokenManager(settings, self.http, metrics, redactor, clock)
         self._last_error: dict[str, Any] | None = None
+        self._failing = False  # the last call failed (not counting "no such resource")
 
     async def start(self) -> None:
         self.tokens.load()
@@ -156,7 +157,9 @@ class StravaClient:
             deadline = asyncio.get_running_loop().time() + deadline_s
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await self._call(label, path, params, deadline, attempt)
+                    result = await self._call(label, path, params, deadline, attempt)
+                self._failing = False
+                return result
             except TimeoutError:
                 if attempt.started is not None:
                     self._observe(label, "timeout", attempt)
@@ -164,6 +167,7 @@ class StravaClient:
                 raise UpstreamTimeout() from None
         except UpstreamError as exc:
             self._last_error = {"type": type(exc).__name__, "code": exc.code, "status": exc.status, "at": self.clock()}
+            self._failing = not isinstance(exc, UpstreamNotFound)
             raise
 
     async def _call(
@@ -247,6 +251,10 @@ class StravaClient:
             log.debug("strava_upstream_request", endpoint=label, status=status, duration_s=round(duration, 3))
 
     # ---- reporting ----
+
+    def failing(self) -> dict[str, Any] | None:
+        """The last error, while no call has succeeded since (a 404 is an answer, not a failure)."""
+        return self._last_error if self._failing else None
 
     def status(self) -> dict[str, Any]:
         last = self._last_error

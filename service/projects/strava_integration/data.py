@@ -22,7 +22,12 @@ from service.projects.strava_integration import shape
 from service.projects.strava_integration.cache import Lookup, SWRCache
 from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.config import StravaSettings
-from service.projects.strava_integration.errors import NotConfigured, UpstreamNotFound
+from service.projects.strava_integration.errors import (
+    NotConfigured,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamNotFound,
+)
 
 log = structlog.get_logger("strava.data")
 
@@ -97,6 +102,12 @@ class StravaData:
 
     async def _load_activities(self) -> tuple[Any, int]:
         raw = await self.client.activities(page=1, per_page=FEED_WINDOW)
+        if not isinstance(raw, list):
+            raise UpstreamBadResponse()
+        for activity in raw[:1]:
+            # The list belongs to the token's athlete: learn who that is, for the webhook's owner check.
+            if isinstance(activity, dict) and isinstance(activity.get("athlete"), dict):
+                self.client.tokens.learn_athlete(activity["athlete"].get("id"))
         items = [shape.summary(a) for a in raw if shape.is_public(a)]
         items.sort(key=lambda a: a["start_date"] or "", reverse=True)
         value = tuple(items)
@@ -120,10 +131,16 @@ class StravaData:
         athlete = await self.client.athlete()
         athlete_id = athlete.get("id") if isinstance(athlete, dict) else None
         if not isinstance(athlete_id, int):
-            from service.projects.strava_integration.errors import UpstreamBadResponse
-
             raise UpstreamBadResponse()
+        self.client.tokens.learn_athlete(athlete_id)
         return athlete_id, 8
+
+    async def owner_id(self) -> int | None:
+        """The connected athlete's id, asking Strava (once, cached) if no answer has told us yet."""
+        try:
+            return await self._athlete_id()
+        except UpstreamError:
+            return None
 
     async def _load_stats(self) -> tuple[Any, int]:
         raw = await self.client.stats(await self._athlete_id())

@@ -73,11 +73,27 @@ def feed_query(request: Request) -> FeedQuery:
     return FeedQuery(limit or 30, sport, after, before)
 
 
+# Each may also be sent empty (`?sport_type=`), which means the same as leaving it out.
 FEED_PARAMS = [
-    Param("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 30}, "How many activities."),
-    Param("sport_type", {"type": "string", "pattern": "^[A-Za-z]{1,40}$"}, "Only this sport type."),
-    Param("after", {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH}, "Started after (epoch seconds)."),
-    Param("before", {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH}, "Started before (epoch seconds)."),
+    Param(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": 200, "default": 30},
+        "How many activities.",
+        allow_empty=True,
+    ),
+    Param("sport_type", {"type": "string", "pattern": "^[A-Za-z]{1,40}$"}, "Only this sport type.", allow_empty=True),
+    Param(
+        "after",
+        {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH},
+        "Started after (epoch seconds).",
+        allow_empty=True,
+    ),
+    Param(
+        "before",
+        {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH},
+        "Started before (epoch seconds).",
+        allow_empty=True,
+    ),
 ]
 DATA_RESPONSES = {
     "200": "OK",
@@ -103,6 +119,13 @@ def build(ctx: ProjectContext) -> ProjectApp:
     signer = oauth.StateSigner((settings.client_secret or "") + "\x00" + (settings.admin_api_key or ""), ctx.clock)
 
     async def on_event(event: Event) -> None:
+        if client.tokens.athlete_id is None:
+            # Nothing has told us whose grant we hold yet, so the webhook could not check the owner:
+            # find out before acting on an event (a forged deauthorization would cost the tokens).
+            owner = await data.owner_id()
+            if owner is not None and owner != event.owner_id:
+                log.info("webhook_ignored", reason="another athlete", object_type=event.object_type)
+                return
         if event.deauthorization:
             log.warning("strava_deauthorized", owner_id=event.owner_id)
             await data.deauthorize()
@@ -166,7 +189,8 @@ def build(ctx: ProjectContext) -> ProjectApp:
         "Strava webhook subscription validation",
         params=[
             Param("hub.mode", {"type": "string", "enum": ["subscribe"]}, required=True),
-            Param("hub.challenge", {"type": "string", "maxLength": 256}, required=True),
+            # The handler wants a non-empty printable string; Strava's challenge is printable ASCII.
+            Param("hub.challenge", {"type": "string", "pattern": "^[ -~]{1,256}$"}, required=True),
             Param("hub.verify_token", {"type": "string", "maxLength": 512}, required=True),
         ],
         responses={"200": "Challenge echoed", "400": "Malformed", "403": "Wrong verify token"},
@@ -181,13 +205,14 @@ def build(ctx: ProjectContext) -> ProjectApp:
             "type": "object",
             "required": ["object_type", "object_id", "aspect_type", "owner_id", "subscription_id", "event_time"],
             "properties": {
+                # The JSON parser (orjson) reads integers up to 64 bits, unsigned; it refuses bigger ones.
                 "object_type": {"type": "string", "enum": ["activity", "athlete"]},
-                "object_id": {"type": "integer", "minimum": 0},
+                "object_id": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
                 "aspect_type": {"type": "string", "enum": ["create", "update", "delete"]},
                 "updates": {"type": "object"},
-                "owner_id": {"type": "integer", "minimum": 0},
-                "subscription_id": {"type": "integer", "minimum": 0},
-                "event_time": {"type": "integer", "minimum": 0},
+                "owner_id": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+                "subscription_id": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+                "event_time": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
             },
         },
         responses={"200": "Received", "400": "Malformed JSON or event", "413": "Too large"},
@@ -261,6 +286,14 @@ def build(ctx: ProjectContext) -> ProjectApp:
         if until is not None:
             return CheckResult(
                 "warn", output=f"{where}: rate-limit budget spent; serving cached data", observed_value="budget_blocked"
+            )
+        failure = client.failing()
+        if failure is not None:
+            # Visitors still get cached data (stale) or a clear 5xx; the operator should know why.
+            return CheckResult(
+                "warn",
+                output=f"{where}: the last Strava call failed ({failure['code']}); serving cached data if there is any",
+                observed_value=failure["code"],
             )
         ages = data.cache.ages()
         return CheckResult(

@@ -138,6 +138,7 @@ class TokenManager:
         self._last_error: str | None = None
         self._rejected: tuple[str, float] | None = None  # (refresh token, when) of the last rejection
         self._env_fallback_used = False
+        self._file_problem: str | None = None  # "unreadable" or "corrupt" when load() had to skip the file
         self._generation = 0  # bumped by forget() and exchange_code(): older refreshes are discarded
         self._inflight: asyncio.Task[str] | None = None
         self._file_lock = asyncio.Lock()  # one writer at a time, so disk and memory agree
@@ -153,11 +154,13 @@ class TokenManager:
         except FileNotFoundError:
             pass
         except OSError as exc:
+            self._file_problem = "unreadable"
             log.warning("strava_token_file_unreadable", path=str(path), error=type(exc).__name__)
         else:
             try:
                 record = _parse_token_file(raw)
             except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+                self._file_problem = "corrupt"
                 log.warning("strava_token_file_corrupt", path=str(path), error=str(exc)[:200])
             else:
                 with contextlib.suppress(OSError):
@@ -199,6 +202,14 @@ class TokenManager:
     @property
     def athlete_id(self) -> int | None:
         return self._athlete_id
+
+    def learn_athlete(self, athlete_id: Any) -> None:
+        """Whose grant this is, seen in an API answer: a refresh never says (only a code exchange does).
+
+        Webhook events are checked against it. Kept in memory and saved with the next token set.
+        """
+        if self._athlete_id is None and _is_number(athlete_id) and isinstance(athlete_id, int) and athlete_id > 0:
+            self._athlete_id = athlete_id
 
     def _fresh(self, margin: float = REFRESH_MARGIN_S) -> bool:
         return (
@@ -290,6 +301,12 @@ class TokenManager:
                 self.metrics.token_refreshes.labels("rejected").inc()
             if field == "client_id":
                 self._last_error = "Strava rejected the client id or secret (check STRAVA_CLIENT_ID/SECRET)."
+            elif purpose == "refresh" and self._file_problem and form["refresh_token"] == self.settings.refresh_token:
+                # Say why the environment's token was used at all: the operator's fix differs.
+                self._last_error = (
+                    f"The saved token file was {self._file_problem}, and Strava rejected STRAVA_REFRESH_TOKEN; "
+                    f"re-authorize at {AUTH_START_PATH}."
+                )
             elif purpose == "refresh":
                 self._last_error = f"Strava rejected the refresh token; re-authorize at {AUTH_START_PATH}."
             else:
@@ -342,6 +359,7 @@ class TokenManager:
         async with self._file_lock:
             if generation != self._generation:
                 return False
+            error: str | None = None
             try:
                 await asyncio.to_thread(write_token_file, self.settings.token_file, orjson.dumps(record))
             except OSError as exc:
@@ -349,9 +367,12 @@ class TokenManager:
                 # is the only way to go on working. Say loudly that a restart would lose it.
                 path = str(self.settings.token_file)
                 log.error("strava_token_file_write_failed", path=path, error=type(exc).__name__)
-                self._last_error = "The new Strava token set could not be saved; a restart needs re-authorization."
-            else:
-                self._last_error = None
+                error = "The new Strava token set could not be saved; a restart needs re-authorization."
+            if generation != self._generation:
+                return False  # forget() ran during the write; it deletes the file once we let go
+            self._last_error = error
+            if error is None:
+                self._file_problem = None
             self._apply(record, source)
             self._auth_ok = True
             self._rejected = None
@@ -377,10 +398,9 @@ class TokenManager:
         return dict(athlete) if isinstance(athlete, dict) else {}
 
     async def forget(self) -> None:
-        """The athlete deauthorized us: drop the tokens from disk and memory."""
+        """The athlete deauthorized us: drop the tokens from memory at once, then from disk."""
+        # Memory first, before anything awaits: a request arriving meanwhile must not use them.
         self._generation += 1
-        async with self._file_lock:
-            await asyncio.to_thread(_delete_token_file, self.settings.token_file)
         self._access_token = self._refresh_token = None
         self._expires_at = None
         self._athlete_id = None
@@ -390,6 +410,8 @@ class TokenManager:
         self._env_fallback_used = True  # the environment's token belongs to the revoked grant too
         self._last_error = f"Strava access was revoked; re-authorize at {AUTH_START_PATH}."
         self._publish()
+        async with self._file_lock:
+            await asyncio.to_thread(_delete_token_file, self.settings.token_file)
         log.warning("strava_tokens_forgotten")
 
     async def aclose(self) -> None:
