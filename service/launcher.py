@@ -9,7 +9,13 @@ exits 0. A second SIGTERM or SIGINT skips the drain.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
 import signal
+import socket
+import struct
 import sys
 import time
 from types import FrameType
@@ -27,6 +33,13 @@ from service.settings import ConfigError, Settings, load_settings
 
 # Chosen by bench/ (see bench/RESULTS.md): the standard loop had the steadier p99.
 DEFAULT_LOOP = "asyncio"
+# Sent on every response once draining: clients then stop reusing their keep-alive connections.
+CONNECTION_CLOSE = (b"connection", b"close")
+# After the listener closes: how long connections may still deliver the request already on its way.
+SETTLE_SECONDS = 1.0
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux
+# One classic BPF instruction, `ret #0`: drop every packet that reaches the socket.
+_DROP_ALL = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
 log = structlog.get_logger("service.launcher")
 
 
@@ -54,7 +67,45 @@ class DrainingServer(uvicorn.Server):
                 log.info("draining", seconds_left=round(max(0.0, self.drain_deadline - time.monotonic()), 1))
             if time.monotonic() >= self.drain_deadline:
                 self.should_exit = True
-        return await super().on_tick(counter)
+        should_exit = await super().on_tick(counter)
+        # uvicorn rebuilds its default headers every tenth tick, so add ours back on each one.
+        if self.drain_deadline is not None and CONNECTION_CLOSE not in self.server_state.default_headers:
+            self.server_state.default_headers = [*self.server_state.default_headers, CONNECTION_CLOSE]
+        return should_exit
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes the listener and, in the same step, every connection that sits between two
+        # requests. A request already sent on such a connection, or on one still in the kernel's
+        # accept queue, is then reset, unanswered. So first stop new handshakes, let the loop accept
+        # what is queued, close the listener, and give each connection a moment to serve the
+        # request on its way (each response now closes its connection); then uvicorn's shutdown.
+        if not self.force_exit:
+            for server in self.servers:
+                for sock in server.sockets:
+                    _refuse_new_handshakes(sock.fileno())
+            await asyncio.sleep(0.05)
+            for server in self.servers:
+                server.close()
+            for _ in range(round(SETTLE_SECONDS / 0.05)):
+                if not self.server_state.connections or self.force_exit:
+                    break
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+
+def _refuse_new_handshakes(fd: int) -> None:
+    """Keep what the accept queue holds, let nothing more in: closing a listener resets its queue.
+
+    A drop-all socket filter stops new SYNs (clients retry, then find the port closed); without
+    one (not Linux), a backlog of 0 leaves room for one more connection at most.
+    """
+    with socket.socket(fileno=os.dup(fd)) as listener:
+        try:
+            program = struct.pack("HP", 1, ctypes.addressof(_DROP_ALL))
+            listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
+        except OSError:
+            with contextlib.suppress(OSError):
+                listener.listen(0)
 
 
 def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config:

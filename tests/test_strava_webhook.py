@@ -191,6 +191,8 @@ def test_events_are_answered_well_within_two_seconds(stack: Stack) -> None:
 
 # ---- deauthorization: its own service, since it ends the grant ----
 
+STATS_CALL = "GET /api/v3/athletes/{id}/stats"
+
 
 def test_deauthorization_deletes_the_tokens_and_every_cached_item(tmp_path) -> None:
     with running_stack(tmp_path) as stack:
@@ -202,10 +204,13 @@ def test_deauthorization_deletes_the_tokens_and_every_cached_item(tmp_path) -> N
         # A refresh is in flight (Strava answers it late) when the deauthorization arrives.
         stack.sim.fault("timeout", count=1, delay_s=0.5, path_prefix="/api/v3/athlete/activities")
         lists = stack.sim.calls(LIST_CALL)
+        stats_calls = stack.sim.calls(STATS_CALL)
         assert stack.post(PREFIX + "/refresh", headers=ADMIN).status_code == 202
         wait_for_calls(stack.sim, LIST_CALL, lists + 1)
+        wait_for_calls(stack.sim, STATS_CALL, stats_calls + 1)  # /refresh refreshes stats too
         calls = stack.sim.stats()["calls"]
 
+        stack.sim.state.revoke()  # as on Strava: the grant is gone before the event is sent
         event = stack.webhook(
             object_type="athlete",
             object_id=stack.sim.state.config.athlete_id,
@@ -223,7 +228,10 @@ def test_deauthorization_deletes_the_tokens_and_every_cached_item(tmp_path) -> N
         status = stack.status()
         assert status["cache"]["entries"] == 0
         assert status["token"]["auth_ok"] is False
-        assert stack.sim.stats()["calls"] == calls  # nothing more was asked of Strava
+        # Nothing more was asked of Strava than the one check that the grant is really gone.
+        after = stack.sim.stats()["calls"]
+        checks = {k: after.get(k, 0) - calls.get(k, 0) for k in set(after) | set(calls)}
+        assert {k: v for k, v in checks.items() if v} == {"GET /api/v3/athlete": 1, "POST /oauth/token": 1}
 
         health = stack.get("/health")
         check = health.json()["checks"]["strava-integration"][0]
@@ -248,6 +256,7 @@ def test_right_after_a_restart_a_deauthorization_is_checked_against_the_connecte
             assert stack.token_file.exists()
             assert stack.feed().status_code == 200
 
+            sim.state.revoke()
             real = stack.webhook(
                 object_type="athlete",
                 object_id=sim.state.config.athlete_id,
@@ -257,3 +266,26 @@ def test_right_after_a_restart_a_deauthorization_is_checked_against_the_connecte
             assert real.status_code == 200
             assert wait_until(lambda: not stack.token_file.exists(), 5)
             assert_error(stack.feed(), 503, "strava_not_configured")
+
+
+def test_a_forged_deauthorization_for_the_right_owner_keeps_the_grant(tmp_path) -> None:
+    """Strava does not sign events and athlete ids are public: Strava itself must confirm."""
+    with running_stack(tmp_path) as stack:
+        assert stack.feed().status_code == 200
+        athletes = stack.sim.calls("GET /api/v3/athlete")
+        forged = {
+            "object_type": "athlete",
+            "object_id": stack.sim.state.config.athlete_id,
+            "aspect_type": "update",
+            "updates": {"authorized": "false"},
+        }
+        assert stack.webhook(**forged).status_code == 200
+        wait_for_calls(stack.sim, "GET /api/v3/athlete", athletes + 1)  # asked Strava: grant still alive
+        assert wait_until(lambda: stack.feed().status_code == 200, 5)
+        assert stack.token_file.exists()
+        assert stack.status()["token"]["auth_ok"] is True
+        for _ in range(5):  # a flood of forgeries within the minute costs no further calls
+            assert stack.webhook(**forged).status_code == 200
+        time.sleep(0.3)
+        assert stack.sim.calls("GET /api/v3/athlete") == athletes + 1
+        assert stack.token_file.exists()

@@ -7,6 +7,7 @@ cached list once per (query, refresh) and kept, so a request costs a dict lookup
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from service.projects.strava_integration.cache import Lookup, SWRCache
 from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
+    AuthRejected,
     NotConfigured,
     UpstreamBadResponse,
     UpstreamError,
@@ -31,6 +33,7 @@ from service.projects.strava_integration.errors import (
 
 log = structlog.get_logger("strava.data")
 
+DEAUTH_CHECK_COOLDOWN_S = 60  # a proven-alive grant is not re-checked for forged events this often
 FEED_WINDOW = 200  # newest activities fetched in one call; the feed and details draw from these
 RENDERED_MAX = 256  # distinct feed queries kept rendered
 ACTIVITIES = "activities"
@@ -89,6 +92,8 @@ class StravaData:
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)
         self._rendered: OrderedDict[tuple[FeedQuery, float, bool], Rendered] = OrderedDict()
+        self._deauth_check: tuple[float, bool] | None = None  # (when, grant still alive)
+        self._deauth_lock = asyncio.Lock()
 
     @property
     def configured(self) -> bool:
@@ -211,11 +216,39 @@ class StravaData:
         self.cache.refresh_in_background(ACTIVITIES, self._load_activities)
         self.cache.refresh_in_background(STATS, self._load_stats)
 
-    async def deauthorize(self) -> None:
-        """The athlete revoked access: every cached item and the stored tokens go, at once."""
-        self.cache.clear()
-        self._rendered.clear()
-        await self.client.tokens.forget()
+    async def deauthorize(self) -> bool:
+        """The athlete revoked access: every cached item goes at once; the tokens once Strava agrees.
+
+        Strava does not sign webhook events and athlete ids are public, so anyone could post a
+        deauthorization. Nothing is served from the cache after one (privacy first), but the
+        tokens are deleted only when Strava rejects them; a forged event cannot cut the owner off.
+        A grant proven alive is trusted for a minute, so a flood of forged events costs one call.
+        """
+        async with self._deauth_lock:
+            now = self.clock()
+            recent = self._deauth_check
+            if recent is not None and recent[1] and now - recent[0] < DEAUTH_CHECK_COOLDOWN_S:
+                log.warning("strava_deauthorization_ignored", reason="grant confirmed alive moments ago")
+                return False
+            self.forget_cached()
+            try:
+                await self.client.athlete()  # any authorized call: a revoked grant answers 401, then refresh fails
+            except AuthRejected:
+                alive = False
+            except UpstreamError as exc:
+                # Inconclusive (budget, outage): keep the tokens; the next call will tell.
+                log.warning("strava_deauthorization_unconfirmed", error=exc.code)
+                self._deauth_check = None
+                return False
+            else:
+                alive = True
+            self._deauth_check = (now, alive)
+            if alive:
+                log.warning("strava_deauthorization_ignored", reason="Strava still accepts the grant")
+                return False
+            await self.client.tokens.forget()
+            log.warning("strava_deauthorized")
+            return True
 
     def forget_cached(self) -> None:
         self.cache.clear()

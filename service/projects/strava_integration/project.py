@@ -127,7 +127,6 @@ def build(ctx: ProjectContext) -> ProjectApp:
                 log.info("webhook_ignored", reason="another athlete", object_type=event.object_type)
                 return
         if event.deauthorization:
-            log.warning("strava_deauthorized", owner_id=event.owner_id)
             await data.deauthorize()
         elif event.object_type == "activity":
             data.activity_changed(event.object_id)
