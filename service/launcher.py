@@ -27,6 +27,7 @@ from observability.health import Health
 from observability.logging import configure_logging, flush_logs
 from service import SERVICE_NAME, __version__
 from service.app import create_app
+from service.http_protocol import BoundedHttpToolsProtocol
 from service.projects import REGISTRY
 from service.registry import ProjectSpec
 from service.settings import ConfigError, Settings, load_settings
@@ -40,6 +41,8 @@ SETTLE_SECONDS = 1.0
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux
 # One classic BPF instruction, `ret #0`: drop every packet that reaches the socket.
 _DROP_ALL = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
+KEEP_ALIVE_S = 65
+MAX_CONCURRENCY = 1024  # connections plus tasks; past it uvicorn answers 503 instead of queueing
 log = structlog.get_logger("service.launcher")
 
 
@@ -114,7 +117,7 @@ def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config
         host=settings.host,
         port=settings.port,
         loop=loop,
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         workers=1,
         lifespan="on",
         proxy_headers=True,
@@ -122,9 +125,11 @@ def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config
         access_log=False,
         log_config=None,
         server_header=False,
-        timeout_keep_alive=5,
+        # Longer than the idle timeout of a load balancer's upstream pool (commonly 60 s), so the
+        # balancer, not we, closes idle connections: otherwise it may reuse one we just closed.
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=MAX_CONCURRENCY,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) or 1,
-        h11_max_incomplete_event_size=16 * 1024,
     )
 
 

@@ -24,6 +24,8 @@ log = structlog.get_logger("strava.webhook")
 
 MAX_EVENT_BYTES = 8 * 1024
 MAX_CHALLENGE = 256
+MAX_ID = 2**64 - 1  # what the JSON parser reads as an integer (and the spec declares)
+MAX_EXACT_FLOAT = 2**53  # above this a float is not an exact integer any more
 OBJECT_TYPES = ("activity", "athlete")
 ASPECT_TYPES = ("create", "update", "delete")
 
@@ -45,7 +47,9 @@ class Event:
 
 def _int(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if isinstance(value, float) and value.is_integer() and value <= MAX_EXACT_FLOAT:
+        value = int(value)  # JSON has one number type: 5.0 is the integer 5
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
         raise ApiError(400, "invalid_event", f"{name}: expected a non-negative integer", parameter=name)
     return value
 
@@ -63,7 +67,7 @@ def parse_event(raw: bytes) -> Event:
     aspect_type = body.get("aspect_type")
     if aspect_type not in ASPECT_TYPES:
         raise ApiError(400, "invalid_event", "aspect_type: expected create, update or delete", parameter="aspect_type")
-    updates = body.get("updates") or {}
+    updates = body.get("updates", {})
     if not isinstance(updates, dict):
         raise ApiError(400, "invalid_event", "updates: expected an object", parameter="updates")
     return Event(
