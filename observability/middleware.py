@@ -11,17 +11,15 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from observability import request_id
-from observability.logging import request_id_var
+from observability.logging import access_log, request_id_var
 from observability.metrics import OTHER_METHOD, STANDARD_METHODS, UNMATCHED_ROUTE, HttpMetrics
 
 CLIENT_CLOSED = 499
 _MAX_LOGGED = 512  # longest path or user agent written to a log line
-
-access_log = structlog.get_logger("access")
+DEBUG, INFO, ERROR = 10, 20, 40
 
 
 class ObservabilityMiddleware:
@@ -40,7 +38,7 @@ class ObservabilityMiddleware:
         self.route_templates = route_templates
         self.exclude_paths = frozenset(exclude_paths)
         self.quiet_paths = frozenset(quiet_paths)
-        self.response_headers = list(response_headers)
+        self.response_headers = tuple(response_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,10 +105,12 @@ class _Responder:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-            headers = list(message.get("headers", ()))
-            headers.append((b"x-request-id", self.request_id.encode()))
-            headers.extend(self.mw.response_headers)
-            message = {**message, "headers": headers}
+            # A new list (the app may reuse its own), set on the message the app just made for us.
+            message["headers"] = [
+                *message.get("headers", ()),
+                (b"x-request-id", self.request_id.encode()),
+                *self.mw.response_headers,
+            ]
         elif kind == "http.response.body":
             self.bytes_sent += len(message.get("body", b""))
             if not message.get("more_body", False):
@@ -140,6 +140,9 @@ class _Responder:
         path = scope["path"]
         if path not in self.mw.exclude_paths:
             self.mw.metrics.observe(method, route, status, duration, self.bytes_sent)
+        level = DEBUG if path in self.mw.quiet_paths else ERROR if status >= 500 else INFO
+        if not access_log.enabled(level):
+            return
         fields: dict[str, Any] = {
             "request_id": self.request_id,
             "method": method,
@@ -153,12 +156,7 @@ class _Responder:
         }
         if error is not None:
             fields["error"] = type(error).__name__
-        if path in self.mw.quiet_paths:
-            access_log.debug("request", **fields)
-        elif status >= 500:
-            access_log.error("request", **fields)
-        else:
-            access_log.info("request", **fields)
+        access_log.emit(level, fields)
 
 
 def _is_disconnect(error: BaseException) -> bool:

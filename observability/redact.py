@@ -40,6 +40,8 @@ _QUERY_SECRET = re.compile(
 )
 _BEARER = re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+")
 _MAX_KNOWN = 64
+_MEMO_MAX = 1024  # distinct strings remembered by `scrub`; paths and user agents repeat all day
+_MEMO_LEN = 512  # longer strings are scrubbed every time, not remembered
 
 
 class Redactor:
@@ -47,6 +49,7 @@ class Redactor:
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self._known: deque[str] = deque(maxlen=_MAX_KNOWN)
+        self._memo: dict[str, str] = {}
         for secret in secrets:
             self.add_secret(secret)
 
@@ -54,8 +57,20 @@ class Redactor:
         # Very short values would scrub innocent text and protect nothing.
         if value and len(value) >= 6 and value not in self._known:
             self._known.append(value)
+            self._memo.clear()  # remembered results did not know this secret
 
     def scrub(self, text: str) -> str:
+        done = self._memo.get(text)
+        if done is not None:
+            return done
+        clean = self._scrub(text)
+        if len(text) <= _MEMO_LEN:
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[text] = clean
+        return clean
+
+    def _scrub(self, text: str) -> str:
         if "=" in text:
             text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
         if "earer" in text:

@@ -25,6 +25,7 @@ from service.body_limit import BodyLimitMiddleware
 from service.errors import EXCEPTION_HANDLERS, error_response
 from service.openapi import build_spec, describe, route_templates
 from service.registry import ProjectApp, ProjectContext, ProjectSpec
+from service.routing import StaticFirstRouter
 from service.security import SECURITY_HEADERS, bearer_matches, cors_middleware
 from service.settings import Settings
 
@@ -46,8 +47,9 @@ class ServiceApp(Starlette):
     request id to it), and it sees the exception it re-raises.
     """
 
-    def __init__(self, *args: Any, observability: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, routes: list[BaseRoute], observability: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(routes=routes, **kwargs)
+        self.router = StaticFirstRouter(routes, lifespan=kwargs.get("lifespan"))
         self._observability = observability
 
     def build_middleware_stack(self) -> ASGIApp:

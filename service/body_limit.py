@@ -18,10 +18,16 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = None
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = value
-                break
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is None and not chunked:
+            # No body at all (every GET): nothing to count.
+            await self.app(scope, receive, send)
+            return
         if declared is not None:
             # The server already enforces that the body matches a valid Content-Length.
             if not declared.isdigit() or int(declared) > self.max_bytes:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 _MAX_IF_NONE_MATCH = 2048  # characters considered; a longer header matches nothing more
 
@@ -34,8 +33,41 @@ def matches(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
-def json_with_etag(request: Request, body: bytes, etag: str, control: str) -> Response:
-    headers = {"ETag": etag, "Cache-Control": control}
-    if matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+class _Fixed:
+    """An ASGI response whose status, headers and body never change: built once, sent many times."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The header list is shared between requests: whoever adds headers must copy it (ours do).
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class PreparedJSON:
+    """A cached JSON body as its 200 and its 304, prepared once per body rather than per request."""
+
+    __slots__ = ("etag", "not_modified", "ok")
+
+    def __init__(self, body: bytes, etag: str, control: str) -> None:
+        common = [(b"etag", etag.encode()), (b"cache-control", control.encode())]
+        self.etag = etag
+        self.ok = _Fixed(
+            200,
+            [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"), *common],
+            body,
+        )
+        self.not_modified = _Fixed(304, common, b"")
+
+    def for_request(self, scope: Scope) -> _Fixed:
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if matches(value.decode("latin-1"), self.etag):
+                    return self.not_modified
+                break
+        return self.ok

@@ -41,10 +41,15 @@ STATS = "stats"
 ATHLETE = "athlete"
 
 
-@dataclass(frozen=True, slots=True)
 class Rendered:
-    body: bytes
-    etag: str
+    """A body serialized once, its ETag, and (set by the route) its ready-to-send response."""
+
+    __slots__ = ("body", "etag", "prepared")
+
+    def __init__(self, body: bytes, etag: str) -> None:
+        self.body = body
+        self.etag = etag
+        self.prepared: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +83,19 @@ class StravaData:
         self._cache_requests = metrics.counter(
             "strava_cache_requests", "Cache lookups by resource and result.", ("resource", "result")
         )
-        for resource in ("feed", "activity", "stats"):
-            for result in ("hit", "miss", "stale"):
-                self._cache_requests.labels(resource, result)
+        # Resolved once: a labelled child's lookup would cost more than the cache hit it counts.
+        self._cache_counts = {
+            (resource, result): self._cache_requests.labels(resource, result)
+            for resource in ("feed", "activity", "stats")
+            for result in ("hit", "miss", "stale")
+        }
         self.cache = SWRCache(
             ttl=settings.cache_ttl_seconds,
             stale=settings.cache_stale_seconds,
             max_entries=settings.cache_max_entries,
             max_bytes=settings.cache_max_bytes,
             clock=clock,
-            on_result=lambda resource, result: self._cache_requests.labels(resource, result).inc(),
+            on_result=lambda resource, result: self._cache_counts[resource, result].inc(),
         )
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from observability.health import CheckResult
 from service.errors import ApiError, invalid_parameter
-from service.http_cache import cache_control, json_with_etag
+from service.http_cache import PreparedJSON, cache_control
 from service.openapi import Param, describe
 from service.projects.strava_integration import oauth
 from service.projects.strava_integration.budget import Budget
@@ -61,7 +61,23 @@ def _int_param(request: Request, name: str, default: int | None, lo: int, hi: in
     return int(raw)
 
 
+_QUERIES: dict[bytes, FeedQuery] = {}
+_QUERIES_MAX = 1024
+
+
 def feed_query(request: Request) -> FeedQuery:
+    """The parsed query, memoized by its raw bytes: a site asks the same few queries all day."""
+    raw = request.scope["query_string"]
+    query = _QUERIES.get(raw)
+    if query is None:
+        query = _parse_feed_query(request)  # invalid ones raise, and are not kept
+        if len(_QUERIES) >= _QUERIES_MAX:
+            _QUERIES.clear()
+        _QUERIES[raw] = query
+    return query
+
+
+def _parse_feed_query(request: Request) -> FeedQuery:
     limit = _int_param(request, "limit", 30, 1, 200)
     sport = request.query_params.get("sport_type") or None
     if sport is not None and (len(sport) > 40 or not sport.isascii() or not sport.isalpha()):
@@ -140,7 +156,10 @@ def build(ctx: ProjectContext) -> ProjectApp:
     )
 
     def respond(request: Request, rendered: Rendered) -> Response:
-        return json_with_etag(request, rendered.body, rendered.etag, control)
+        prepared = rendered.prepared
+        if prepared is None:
+            prepared = rendered.prepared = PreparedJSON(rendered.body, rendered.etag, control)
+        return prepared.for_request(request.scope)  # type: ignore[return-value]  (an ASGI response)
 
     @describe("Public activities, newest first", params=FEED_PARAMS, responses=DATA_RESPONSES, tags=TAGS)
     @upstream_errors
