@@ -22,7 +22,8 @@ from observability.redact import Redactor
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-BATCH_DELAY_S = 0.005
+BATCH_DELAY_S = 0.02
+_LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 _sink: LineSink | None = None
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -214,17 +215,21 @@ class AccessLog:
         return level >= self.min_level
 
     def emit(self, level: int, fields: dict[str, Any]) -> None:
+        """`fields` starts with `event`, `level` and `timestamp` set to None: filled in here."""
         scrub = self.redactor.scrub
         fields["path"] = scrub(fields["path"])
-        agent = fields.get("user_agent")
+        agent = fields["user_agent"]
         if agent:
             fields["user_agent"] = scrub(agent)
-        name = logging.getLevelName(level).lower()
         sink = _sink
         if self.json and sink is not None:
-            line = {"event": "request", "level": name, "timestamp": _timestamp(), **fields}
-            sink.write(orjson.dumps(line) + b"\n")
+            fields["event"] = "request"
+            fields["level"] = _LEVEL_NAMES[level]
+            fields["timestamp"] = _timestamp()
+            sink.write(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
         else:
+            for key in ("event", "level", "timestamp"):
+                del fields[key]
             structlog.get_logger("access").log(level, "request", **fields)
 
 

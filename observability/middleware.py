@@ -144,6 +144,9 @@ class _Responder:
         if not access_log.enabled(level):
             return
         fields: dict[str, Any] = {
+            "event": None,  # these three first, for readers of the raw line; set by `emit`
+            "level": None,
+            "timestamp": None,
             "request_id": self.request_id,
             "method": method,
             "path": _path_for_log(scope),

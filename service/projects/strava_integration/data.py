@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -52,8 +51,9 @@ class Rendered:
         self.prepared: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class FeedQuery:
+class FeedQuery(NamedTuple):
+    """A tuple, so hashing it (the rendered-body key, every request) runs in C."""
+
     limit: int = 30
     sport_type: str | None = None
     after: int | None = None
