@@ -4,8 +4,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from service.projects.strava_integration.simulator import SimulatorState
 from tests import figures
-from tests.support import LOG_DIR, SECRETS, ServiceProcess, configure_test_logging, secret_hits
+from tests.strava_upstream import T0, running_simulator
+from tests.support import LOG_DIR, SECRETS, FakeClock, ServiceProcess, configure_test_logging, secret_hits
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -44,3 +46,25 @@ def service_factory() -> Iterator[type[ServiceProcess]]:
     for service in started:
         if service.proc is not None and service.proc.poll() is None:
             service.stop()
+
+
+# The Strava simulator on a fake clock, for the upstream tests (one simulator per module).
+
+
+@pytest.fixture(scope="module")
+def module_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def simulator(module_clock: FakeClock) -> Iterator[tuple[str, SimulatorState]]:
+    with running_simulator(module_clock) as running:
+        yield running
+
+
+@pytest.fixture
+def sim(simulator: tuple[str, SimulatorState], module_clock: FakeClock) -> SimulatorState:
+    """The module's simulator, reset, with the clock back at T0."""
+    module_clock.now = T0
+    simulator[1].reset()
+    return simulator[1]

@@ -5,7 +5,6 @@ Both listen on 127.0.0.1 only. Every wait is bounded.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -157,19 +156,47 @@ class ServiceProcess:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, port: int | None = None, **config: Any) -> Iterator[str]:
-    """A real uvicorn serving `app` on 127.0.0.1 from a background thread; yields the base URL."""
-    port = port or free_port()
-    cfg = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **config)
-    server = uvicorn.Server(cfg)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
+    """A real uvicorn serving `app` on 127.0.0.1 from a background thread; yields the base URL.
+
+    The socket is bound here, so the port is known (and ours) before the server starts; uvicorn
+    skips signal handlers off the main thread. `config` goes to `uvicorn.Config` (e.g. `loop`).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    options: dict[str, Any] = {
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+        **config,
+    }
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        if not wait_until(lambda: server.started, 10):
+        if not wait_until(lambda: server.started or not thread.is_alive(), 10) or not server.started:
             raise RuntimeError("in-thread server did not start")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
-        loop.close()
+        sock.close()
+
+
+CLOCK_START = 1714557800.0  # 2024-05-01T10:03:20Z: well inside a quarter hour, far from midnight
+
+
+class FakeClock:
+    """Unix seconds that move only when a test says so; shared by a simulator and our code."""
+
+    def __init__(self, now: float = CLOCK_START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,8 +1,5 @@
 """The Strava simulator, exercised over real HTTP: uvicorn on loopback in a thread, httpx as the client."""
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,9 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
-from starlette.types import ASGIApp
 
 from service.projects.strava_integration.simulator import (
     SimulatedConnectionReset,
@@ -23,6 +18,7 @@ from service.projects.strava_integration.simulator import (
     decode_polyline,
     encode_polyline,
 )
+from tests.support import FakeClock, serve_in_thread
 
 T0 = datetime(2024, 6, 1, 10, 5, tzinfo=UTC).timestamp()
 CLIENT = {"client_id": "sim-client", "client_secret": "sim-secret"}
@@ -36,50 +32,11 @@ RATE_LIMITED = {
 }
 
 
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@contextlib.contextmanager
-def _serve_in_thread(app: ASGIApp, **config: Any) -> Iterator[str]:
-    """Serve `app` with a real uvicorn on a free loopback port; yields the base URL.
-
-    uvicorn runs in its own thread with its own event loop (it skips signal handlers off the
-    main thread). We bind the socket ourselves so the port is known before the server starts.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    options: dict[str, Any] = {"log_level": "critical", "lifespan": "off", "timeout_graceful_shutdown": 2, **config}
-    server = uvicorn.Server(uvicorn.Config(app, **options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 5
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, Starlette, FakeClock]]:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     app = create_simulator(clock=clock)
-    with _serve_in_thread(app) as base_url:
+    with serve_in_thread(app) as base_url:
         yield base_url, app, clock
 
 
@@ -384,7 +341,7 @@ def test_seed_invariants(client: httpx.Client, sim: SimulatorState) -> None:
             lat, lng = activity["start_latlng"]
             assert abs(points[0][0] - lat) < 0.01 and abs(points[0][1] - lng) < 0.01
     # Same seed, same day: identical data from a second simulator.
-    again = create_simulator(clock=FakeClock()).state.sim
+    again = create_simulator(clock=FakeClock(T0)).state.sim
     assert again.list_activities(before=None, after=None, page=1, per_page=200) == everything
 
 
@@ -535,9 +492,9 @@ def test_reset_fault_drops_the_connection(client: httpx.Client, sim: SimulatorSt
     "server_options", [{"loop": "asyncio", "http": "h11"}, {"loop": "uvloop", "http": "httptools"}]
 )
 def test_reset_fault_works_on_each_uvicorn_stack(server_options: dict[str, str]) -> None:
-    app = create_simulator(clock=FakeClock())
+    app = create_simulator(clock=FakeClock(T0))
     app.state.sim.set_fault("reset", count=1, path_prefix="/oauth")
-    with _serve_in_thread(app, **server_options) as base_url, httpx.Client(base_url=base_url) as client:
+    with serve_in_thread(app, **server_options) as base_url, httpx.Client(base_url=base_url) as client:
         # ReadError ("connection reset by peer") rather than RemoteProtocolError proves an RST, not a FIN.
         with pytest.raises(httpx.ReadError):
             _refresh(client, "sim-refresh-0")
@@ -545,7 +502,7 @@ def test_reset_fault_works_on_each_uvicorn_stack(server_options: dict[str, str])
 
 
 async def test_reset_fault_in_process_raises() -> None:
-    app = create_simulator(clock=FakeClock())
+    app = create_simulator(clock=FakeClock(T0))
     app.state.sim.set_fault("reset")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
@@ -619,7 +576,7 @@ def test_control_rejects_bad_input(client: httpx.Client, path: str, body: bytes)
 
 def test_in_process_state_methods() -> None:
     config = SimulatorConfig(activity_count=12, athlete_id=7)
-    state = create_simulator(config, clock=FakeClock()).state.sim
+    state = create_simulator(config, clock=FakeClock(T0)).state.sim
     assert len(state.activities) == 12
     assert state.athlete["id"] == 7
     assert state.set_fault("http_500", count=1) == {

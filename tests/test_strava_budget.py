@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -13,7 +13,7 @@ from service.projects.strava_integration.budget import Budget, window_end
 from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.errors import BudgetExhausted, RateLimited
 from service.projects.strava_integration.simulator import SimulatorState
-from tests.test_strava_tokens import T0, FakeClock, Harness, running_simulator, strava_settings
+from tests.strava_upstream import T0, FakeClock, Harness, strava_settings
 
 NEXT_QUARTER = 1714558500.0  # 2024-05-01T10:15:00Z
 NEXT_MIDNIGHT = 1714608000.0  # 2024-05-02T00:00:00Z
@@ -130,24 +130,6 @@ def test_429_with_the_daily_limit_spent_blocks_until_midnight(budget: Budget) ->
 
 
 # ---- against the simulator, through the client ----
-
-
-@pytest.fixture(scope="module")
-def module_clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def simulator(module_clock: FakeClock) -> Iterator[tuple[str, SimulatorState]]:
-    with running_simulator(module_clock) as running:
-        yield running
-
-
-@pytest.fixture
-def sim(simulator: tuple[str, SimulatorState], module_clock: FakeClock) -> SimulatorState:
-    module_clock.now = T0
-    simulator[1].reset()
-    return simulator[1]
 
 
 @pytest.fixture

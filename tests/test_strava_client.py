@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +25,10 @@ from service.projects.strava_integration.client import (
     UpstreamUnavailable,
 )
 from service.projects.strava_integration.simulator import SimulatorState
+from tests.strava_upstream import SIM, T0, FakeClock, Harness, strava_settings
 from tests.support import free_port
-from tests.test_strava_tokens import SIM, T0, FakeClock, Harness, running_simulator, strava_settings
 
 ClientFactory = Callable[..., Awaitable[tuple[StravaClient, Harness]]]
-
-
-@pytest.fixture(scope="module")
-def module_clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def simulator(module_clock: FakeClock) -> Iterator[tuple[str, SimulatorState]]:
-    with running_simulator(module_clock) as running:
-        yield running
-
-
-@pytest.fixture
-def sim(simulator: tuple[str, SimulatorState], module_clock: FakeClock) -> SimulatorState:
-    module_clock.now = T0
-    simulator[1].reset()
-    return simulator[1]
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from tests.strava_harness import (
     running_simulator,
     running_stack,
 )
+from tests.strava_upstream import T0, FakeClock
 from tests.support import SECRETS
-from tests.test_strava_tokens import T0, FakeClock
 
 CALLBACK = "/api/strava-integration/auth/callback"
 AUTH_START = "/api/strava-integration/auth/start"

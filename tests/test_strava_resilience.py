@@ -31,8 +31,8 @@ from tests.strava_harness import (
     running_stack,
     wait_for_calls,
 )
+from tests.strava_upstream import T0, FakeClock
 from tests.support import wait_until
-from tests.test_strava_tokens import T0, FakeClock
 
 TTL = 5
 STALE = 600

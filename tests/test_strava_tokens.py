@@ -1,16 +1,13 @@
 """TokenManager against the Strava simulator in a real uvicorn: rotation, persistence, single-flight.
 
-The helpers at the top (FakeClock, running_simulator, strava_settings, make_tokens) are shared by
-the other test_strava_* modules.
+Shared helpers live in tests/strava_upstream.py; the simulator fixtures in tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,91 +17,17 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from observability.metrics import Metrics
-from observability.redact import Redactor
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
     AuthRejected,
     NotConfigured,
     UpstreamUnavailable,
 )
-from service.projects.strava_integration.simulator import SimulatorConfig, SimulatorState, create_simulator
-from service.projects.strava_integration.tokens import TokenManager
-from service.projects.strava_integration.upstream_metrics import StravaMetrics
-from tests.support import serve_in_thread
-
-T0 = 1714557800.0  # 2024-05-01T10:03:20Z: well inside a quarter hour, far from midnight
-SIM = SimulatorConfig()
-SIX_HOURS = 6 * 3600
-
-
-class FakeClock:
-    """Unix seconds that move only when a test says so; shared by the simulator and our code."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@contextlib.contextmanager
-def running_simulator(clock: FakeClock) -> Iterator[tuple[str, SimulatorState]]:
-    app = create_simulator(SimulatorConfig(), clock=clock)
-    with serve_in_thread(app) as base_url:
-        yield base_url, app.state.sim
-
-
-def strava_settings(base_url: str, tmp_path: Path, **overrides: Any) -> StravaSettings:
-    values: dict[str, Any] = {
-        "client_id": SIM.client_id,
-        "client_secret": SIM.client_secret,
-        "refresh_token": SIM.initial_refresh_token,
-        "api_url": f"{base_url}/api/v3",
-        "oauth_url": f"{base_url}/oauth",
-        "token_file": tmp_path / "strava" / "tokens.json",
-        "request_timeout_seconds": 5.0,
-        "connect_timeout_seconds": 1.0,
-    }
-    values.update(overrides)
-    return StravaSettings(**values)
-
-
-class Harness:
-    """One app's worth of the pieces: a registry, the Strava metrics, a redactor."""
-
-    def __init__(self) -> None:
-        self.metrics = Metrics("test")
-        self.strava = StravaMetrics(self.metrics)
-        self.redactor = Redactor()
-
-    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels or {})
-
-
-def make_tokens(settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, harness: Harness) -> TokenManager:
-    return TokenManager(settings, http, harness.strava, harness.redactor, clock)
-
-
-def refresh_calls(sim: SimulatorState) -> int:
-    return sim.stats()["calls"].get("POST /oauth/token", 0)
-
+from service.projects.strava_integration.simulator import SimulatorState
+from tests.strava_upstream import SIM, SIX_HOURS, T0, Harness, make_tokens, refresh_calls, strava_settings
+from tests.support import FakeClock
 
 # ---- fixtures ----
-
-
-@pytest.fixture(scope="module")
-def module_clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def simulator(module_clock: FakeClock) -> Iterator[tuple[str, SimulatorState]]:
-    with running_simulator(module_clock) as running:
-        yield running
 
 
 @pytest.fixture
