@@ -7,6 +7,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
 
+_NO_BODY = frozenset({"GET", "HEAD"})
+
 
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -14,7 +16,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in _NO_BODY:
+            # Their routes never read a body (uvicorn's flow control bounds what it buffers).
             await self.app(scope, receive, send)
             return
         declared = None
