@@ -38,13 +38,6 @@ def env_str(env: Mapping[str, str], name: str, default: str | None = None, *, ma
     return value
 
 
-def env_required(env: Mapping[str, str], name: str, expected: str = "a non-empty value") -> str:
-    value = env_str(env, name)
-    if value is None:
-        raise ConfigError(name, f"{expected} (it is required)")
-    return value
-
-
 def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":

@@ -155,12 +155,6 @@ class SWRCache:
         if entry is not None:
             self.bytes -= entry.size
 
-    def drop_prefix(self, prefix: str) -> int:
-        keys = [k for k in self._entries if k.startswith(prefix)]
-        for key in keys:
-            self.drop(key)
-        return len(keys)
-
     def clear(self) -> None:
         """Forget everything at once, including loads in flight: later callers start their own."""
         self._entries.clear()

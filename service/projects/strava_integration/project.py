@@ -23,7 +23,7 @@ from service.projects.strava_integration.data import FeedQuery, Rendered, Strava
 from service.projects.strava_integration.errors import AUTH_START_PATH, UpstreamError
 from service.projects.strava_integration.sandbox import Sandbox
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
-from service.projects.strava_integration.webhook import Event, Webhook
+from service.projects.strava_integration.webhook import ASPECT_TYPES, MAX_ID, OBJECT_TYPES, Event, Webhook
 from service.registry import ProjectApp, ProjectContext, ProjectSpec
 from service.security import require_api_key
 
@@ -111,6 +111,8 @@ FEED_PARAMS = [
         allow_empty=True,
     ),
 ]
+# The JSON parser (orjson) reads integers up to 64 bits, unsigned; it refuses bigger ones.
+EVENT_INT = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 DATA_RESPONSES = {
     "200": "OK",
     "304": "Not modified (If-None-Match)",
@@ -223,14 +225,13 @@ def build(ctx: ProjectContext) -> ProjectApp:
             "type": "object",
             "required": ["object_type", "object_id", "aspect_type", "owner_id", "subscription_id", "event_time"],
             "properties": {
-                # The JSON parser (orjson) reads integers up to 64 bits, unsigned; it refuses bigger ones.
-                "object_type": {"type": "string", "enum": ["activity", "athlete"]},
-                "object_id": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-                "aspect_type": {"type": "string", "enum": ["create", "update", "delete"]},
+                "object_type": {"type": "string", "enum": list(OBJECT_TYPES)},
+                "object_id": EVENT_INT,
+                "aspect_type": {"type": "string", "enum": list(ASPECT_TYPES)},
                 "updates": {"type": "object"},
-                "owner_id": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-                "subscription_id": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-                "event_time": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+                "owner_id": EVENT_INT,
+                "subscription_id": EVENT_INT,
+                "event_time": EVENT_INT,
             },
         },
         responses={"200": "Received", "400": "Malformed JSON or event", "413": "Too large"},
