@@ -221,6 +221,29 @@ def test_what_the_runtime_pins_pull_in_is_installed() -> None:
     assert wrong == []
 
 
+def test_what_the_runtime_pins_pull_in_is_pinned_too() -> None:
+    """Every package the image ends up with is pinned in requirements.txt, dependencies of
+    dependencies included: otherwise each image build resolves them anew, maybe not as CI did."""
+    requirements = pytest.importorskip("packaging.requirements")
+    pinned = {pin.key for pin in runtime_pins()}
+    todo = [(pin.name, set(pin.extras)) for pin in runtime_pins()]
+    seen: set[str] = set()
+    unpinned = set()
+    while todo:
+        name, extras = todo.pop()
+        if normalize(name) in seen:
+            continue
+        seen.add(normalize(name))
+        for spec in importlib.metadata.requires(name) or []:
+            wanted = requirements.Requirement(spec)
+            if wanted.marker and not any(wanted.marker.evaluate({"extra": e}) for e in ("", *extras)):
+                continue
+            if normalize(wanted.name) not in pinned:
+                unpinned.add(wanted.name)
+            todo.append((wanted.name, set(wanted.extras)))
+    assert sorted(unpinned) == []
+
+
 @pytest.mark.skipif(not PYPI_SNAPSHOT.is_file(), reason="no PyPI snapshot on this machine (optional check)")
 def test_pins_are_not_behind_the_pypi_snapshot() -> None:
     version = pytest.importorskip("packaging.version")
@@ -229,8 +252,9 @@ def test_pins_are_not_behind_the_pypi_snapshot() -> None:
     with PYPI_SNAPSHOT.open(encoding="utf-8", errors="replace") as snapshot:
         for line in snapshot:
             name, _, rest = line.partition("\t")
-            if normalize(name) in pins:
-                newest[normalize(name)] = rest.split("\t", 1)[0]
+            listed = rest.split("\t", 1)[0]
+            if normalize(name) in pins and listed:  # the snapshot leaves some versions blank
+                newest[normalize(name)] = listed
     behind = [
         f"{pin.where}: {pin.name}=={pin.version}, {newest[key]} is out"
         for key, pin in pins.items()
