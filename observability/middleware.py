@@ -51,6 +51,7 @@ class _Responder:
     """Per-request state; the middleware instance itself is shared and never mutated per request."""
 
     __slots__ = (
+        "agent",
         "bytes_sent",
         "disconnected",
         "ended",
@@ -72,7 +73,15 @@ class _Responder:
         self.bytes_sent = 0
         self.ended = 0.0
         self.disconnected = False
-        self.request_id = request_id.from_headers(scope["headers"])
+        # One pass over the headers for the two this middleware reads.
+        given = agent = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value if given is None else given
+            elif name == b"user-agent":
+                agent = value
+        self.request_id = request_id.accept(given)
+        self.agent = agent
 
     async def run(self) -> None:
         scope = self.scope
@@ -152,10 +161,10 @@ class _Responder:
             "path": _path_for_log(scope),
             "route": route,
             "status": status,
-            "duration_ms": round(duration * 1000, 3),
+            "duration_ms": int(duration * 1_000_000) / 1000,
             "bytes": self.bytes_sent,
             "client": _client(scope),
-            "user_agent": _header(scope, b"user-agent"),
+            "user_agent": self.agent[:_MAX_LOGGED].decode("latin-1") if self.agent is not None else None,
         }
         if error is not None:
             fields["error"] = type(error).__name__
@@ -178,10 +187,3 @@ def _path_for_log(scope: Scope) -> str:
 def _client(scope: Scope) -> str | None:
     client = scope.get("client")
     return client[0] if client else None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value[:_MAX_LOGGED].decode("latin-1")
-    return None

@@ -21,13 +21,10 @@ def generate() -> str:
     return f"{_random.getrandbits(128):032x}"
 
 
-def from_headers(headers: list[tuple[bytes, bytes]]) -> str:
+def accept(value: bytes | None) -> str:
     """The incoming id if valid, otherwise a fresh one. A rejected value is never kept anywhere."""
-    for name, value in headers:
-        if name == HEADER:
-            if len(value) <= MAX_LENGTH and _VALID.match(value):
-                return value.decode("ascii")
-            break
+    if value is not None and len(value) <= MAX_LENGTH and _VALID.match(value):
+        return value.decode("ascii")
     return generate()
 
 
