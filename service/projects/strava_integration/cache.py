@@ -61,6 +61,7 @@ class SWRCache:
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
         self._generation = 0  # bumped by clear(): loads begun before it must not refill the cache
+        self._again: dict[str, Loader] = {}  # refreshes to start once the one in flight ends
         self._background: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
@@ -97,8 +98,12 @@ class SWRCache:
             return Lookup(entry.value, entry.fetched_at, True)
         return Lookup(fresh.value, fresh.fetched_at, False)
 
-    def refresh_in_background(self, key: str, loader: Loader) -> None:
+    def refresh_in_background(self, key: str, loader: Loader, *, again: bool = False) -> None:
+        """Start one refresh unless one is running. With `again`, a running one is not enough
+        (it was asked for before whatever changed): another starts when it ends."""
         if key in self._inflight:
+            if again:
+                self._again[key] = loader
             return
         task = asyncio.get_running_loop().create_task(self._refresh_quietly(key, loader))
         self._background.add(task)
@@ -136,6 +141,10 @@ class SWRCache:
         finally:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
+                loader_again = self._again.pop(key, None)
+                # Not while shutting down: a cancelled load starts nothing new.
+                if loader_again is not None and not (future.done() and _cancelled(future)):
+                    self.refresh_in_background(key, loader_again)
 
     def _store(self, key: str, entry: Entry) -> None:
         old = self._entries.pop(key, None)
@@ -159,6 +168,7 @@ class SWRCache:
         """Forget everything at once, including loads in flight: later callers start their own."""
         self._entries.clear()
         self._inflight.clear()
+        self._again.clear()
         self._generation += 1
         self.bytes = 0
 
@@ -166,3 +176,7 @@ class SWRCache:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _cancelled(future: asyncio.Future[Entry]) -> bool:
+    return future.cancelled() or isinstance(future.exception(), asyncio.CancelledError)

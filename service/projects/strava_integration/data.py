@@ -33,6 +33,7 @@ from service.projects.strava_integration.errors import (
 log = structlog.get_logger("strava.data")
 
 DEAUTH_CHECK_COOLDOWN_S = 60  # a proven-alive grant is not re-checked for forged events this often
+MAX_HIDDEN = 10_000  # hides remembered between two list refreshes
 FEED_WINDOW = 200  # newest activities fetched in one call; the feed and details draw from these
 RENDERED_MAX = 256  # distinct feed queries kept rendered
 ACTIVITIES = "activities"
@@ -99,8 +100,10 @@ class StravaData:
         )
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)
-        self._rendered: OrderedDict[tuple[FeedQuery, float, bool], Rendered] = OrderedDict()
+        self._rendered: OrderedDict[tuple[FeedQuery, float, bool, int], Rendered] = OrderedDict()
         self._deauth_check: tuple[float, bool] | None = None  # (when, grant still alive)
+        self._events = 0  # activity events seen; numbers the hides below
+        self._hidden: dict[int, int] = {}  # activity id -> the event that hid it
         self._deauth_lock = asyncio.Lock()
 
     @property
@@ -114,6 +117,8 @@ class StravaData:
     # ---- loaders: one upstream attempt each, shaped and privacy-filtered before caching ----
 
     async def _load_activities(self) -> tuple[Any, int]:
+        # A webhook event may arrive while this list is on its way: what it hid stays hidden.
+        started_at_event = self._events
         raw = await self.client.activities(page=1, per_page=FEED_WINDOW)
         if not isinstance(raw, list):
             raise UpstreamBadResponse()
@@ -121,8 +126,11 @@ class StravaData:
             # The list belongs to the token's athlete: learn who that is, for the webhook's owner check.
             if isinstance(activity, dict) and isinstance(activity.get("athlete"), dict):
                 self.client.tokens.learn_athlete(activity["athlete"].get("id"))
-        items = [shape.summary(a) for a in raw if shape.is_public(a)]
+        hidden = self._hidden
+        items = [shape.summary(a) for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
         items.sort(key=lambda a: a["start_date"] or "", reverse=True)
+        # Hides older than this list's request are reflected in it; newer ones must outlive it.
+        self._hidden = {i: n for i, n in hidden.items() if n > started_at_event}
         value = tuple(items)
         return value, len(orjson.dumps(items))
 
@@ -165,7 +173,8 @@ class StravaData:
     async def feed(self, query: FeedQuery) -> Rendered:
         self._require_configured()
         lookup = await self.cache.get(ACTIVITIES, self._load_activities, "feed")
-        key = (query, lookup.fetched_at, lookup.stale)
+        # The list's identity too: two loads may share a timestamp (a coarse or a test clock).
+        key = (query, lookup.fetched_at, lookup.stale, id(lookup.value))
         rendered = self._rendered.get(key)
         if rendered is not None:
             self._rendered.move_to_end(key)
@@ -213,7 +222,16 @@ class StravaData:
         return [ACTIVITIES, STATS]
 
     def activity_changed(self, activity_id: int) -> None:
-        """Hide it at once (it may have turned private or been deleted), then refetch in the background."""
+        """Hide it at once (it may have turned private or been deleted), then refetch in the background.
+
+        A list already on its way was asked for before the change, so it must not bring the
+        activity back: the id stays hidden from lists requested before this event, and a fresh
+        list is fetched after the one in flight.
+        """
+        self._events += 1
+        self._hidden[activity_id] = self._events
+        if len(self._hidden) > MAX_HIDDEN:  # a flood of events: drop the oldest hides
+            self._hidden = dict(list(self._hidden.items())[-MAX_HIDDEN:])
         self.cache.drop(f"activity:{activity_id}")
         entry = self.cache.peek(ACTIVITIES)
         if entry is not None:
@@ -221,8 +239,8 @@ class StravaData:
             if len(kept) != len(entry.value):
                 entry.value = kept
                 self._rendered.clear()
-        self.cache.refresh_in_background(ACTIVITIES, self._load_activities)
-        self.cache.refresh_in_background(STATS, self._load_stats)
+        self.cache.refresh_in_background(ACTIVITIES, self._load_activities, again=True)
+        self.cache.refresh_in_background(STATS, self._load_stats, again=True)
 
     async def deauthorize(self) -> bool:
         """The athlete revoked access: every cached item goes at once; the tokens once Strava agrees.

@@ -1,0 +1,102 @@
+"""The data layer on its own: a webhook event that lands while a list refresh is on its way."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from observability.metrics import Metrics
+from service.projects.strava_integration.config import StravaSettings
+from service.projects.strava_integration.data import FeedQuery, StravaData
+from tests.support import FakeClock
+
+
+def activity(activity_id: int, name: str, *, private: bool = False) -> dict[str, Any]:
+    return {
+        "id": activity_id,
+        "name": name,
+        "sport_type": "Run",
+        "start_date": f"2024-05-0{activity_id}T07:00:00Z",
+        "private": private,
+        "visibility": "everyone",
+        "map": {"summary_polyline": ""},
+        "athlete": {"id": 7},
+    }
+
+
+class FakeTokens:
+    athlete_id = 7
+
+    def learn_athlete(self, athlete_id: object) -> None:
+        pass
+
+
+class FakeClient:
+    """Answers list calls from `lists` in order; the list call numbered `held` waits for `gate`."""
+
+    def __init__(self, lists: list[list[dict[str, Any]]], held: int) -> None:
+        self.tokens = FakeTokens()
+        self.lists = lists
+        self.held = held
+        self.calls = 0
+        self.gate = asyncio.Event()
+
+    async def activities(self, page: int, per_page: int) -> list[dict[str, Any]]:
+        self.calls += 1
+        answer = self.lists[min(self.calls, len(self.lists)) - 1]
+        if self.calls == self.held:
+            await self.gate.wait()
+        return answer
+
+
+def make_data(client: FakeClient) -> StravaData:
+    settings = StravaSettings(client_id="1", client_secret="s" * 8, refresh_token="r" * 8)
+    return StravaData(settings, client, Metrics("test"), FakeClock())  # type: ignore[arg-type]
+
+
+async def names(data: StravaData) -> dict[int, str]:
+    body = orjson.loads((await data.feed(FeedQuery())).body)
+    return {a["id"]: a["name"] for a in body["activities"]}
+
+
+async def settle(client: FakeClient, calls: int) -> None:
+    for _ in range(100):
+        if client.calls >= calls:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.02)
+
+
+async def test_an_activity_made_private_during_a_refresh_does_not_come_back() -> None:
+    before = [activity(1, "one"), activity(2, "two")]
+    after = [activity(1, "one"), activity(2, "two", private=True)]
+    client = FakeClient([before, before, after], held=2)
+    data = make_data(client)
+    assert await names(data) == {1: "one", 2: "two"}
+
+    data.refresh()  # list call 2 is on its way, and was asked for before the change
+    await settle(client, 2)
+    data.activity_changed(2)  # the webhook: activity 2 turned private
+    assert await names(data) == {1: "one"}  # hidden at once
+
+    client.gate.set()  # call 2 lands with the old list, where 2 is still public...
+    await settle(client, 3)  # ...and a fresh list (call 3) is fetched after it
+    assert await names(data) == {1: "one"}
+    assert client.calls == 3
+
+
+async def test_an_activity_changed_during_a_refresh_comes_back_from_the_next_list() -> None:
+    before = [activity(1, "one"), activity(2, "two")]
+    renamed = [activity(1, "one"), activity(2, "two, renamed")]
+    client = FakeClient([before, before, renamed], held=2)
+    data = make_data(client)
+    await names(data)
+    data.refresh()
+    await settle(client, 2)
+    data.activity_changed(2)
+    client.gate.set()
+    await settle(client, 3)
+    assert await names(data) == {1: "one", 2: "two, renamed"}  # the list asked for after the event
+    assert data._hidden == {}  # nothing left to hide once a list newer than the event arrived
