@@ -237,6 +237,8 @@ def test_calls_stop_at_the_budget_and_resume_in_the_next_window(stack: Stack, si
         assert response.json()["stale"] is True and response.json()["activities"] == first["activities"]
         if before < limit - reserve:
             wait_for_calls(simulator, LIST_CALL, before + 1)
+            # ...and stored: else it could land after the next clock step and look fresh there.
+            assert wait_until(lambda: stack.status()["cache"]["ages_s"].get("activities") == 0, 5)
         else:
             time.sleep(0.1)
             assert simulator.calls(LIST_CALL) == before
