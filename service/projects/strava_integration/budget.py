@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from service.projects.strava_integration.errors import BudgetExhausted
 from service.projects.strava_integration.upstream_metrics import KINDS, WINDOWS, StravaMetrics
+from service.timestamps import iso_utc
 
 QUARTER_S = 15 * 60
 DAY_S = 24 * 3600
@@ -45,12 +45,6 @@ def _pair(value: str | None) -> tuple[int, int] | None:
     except ValueError:
         return None
     return (a, b) if a >= 0 and b >= 0 else None
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -159,9 +153,9 @@ class Budget:
             "limits": limits,
             "usage": usage,  # None: unknown in the current window
             "reserve": {w: self._reserve(w) for w in WINDOWS},
-            "observed_at": _iso(self._observed_at),
+            "observed_at": iso_utc(self._observed_at),
             "blocked": until is not None,
-            "blocked_until": _iso(until),
+            "blocked_until": iso_utc(until),
             "retry_after": math.ceil(until - now) if until is not None else None,
             "reason": self._reason if until is not None else None,
         }

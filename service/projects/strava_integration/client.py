@@ -14,7 +14,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -37,6 +36,7 @@ from service.projects.strava_integration.errors import (
 )
 from service.projects.strava_integration.tokens import TokenManager
 from service.projects.strava_integration.upstream_metrics import StravaMetrics, endpoint_label
+from service.timestamps import iso_utc
 
 __all__ = [
     "AuthRejected",
@@ -69,10 +69,6 @@ RETRY_ERRORS: tuple[type[httpx.TransportError], ...] = (
     httpx.RemoteProtocolError,
 )
 MAX_PER_PAGE = 200
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class _Attempt:
@@ -261,7 +257,7 @@ class StravaClient:
         return {
             "budget": self.budget.snapshot(),
             "tokens": self.tokens.status(),
-            "last_upstream_error": {**last, "at": _iso(last["at"])} if last else None,
+            "last_upstream_error": {**last, "at": iso_utc(last["at"])} if last else None,
         }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -29,6 +29,7 @@ from service.projects.strava_integration.errors import (
     UpstreamError,
     UpstreamNotFound,
 )
+from service.timestamps import iso_utc
 
 log = structlog.get_logger("strava.data")
 
@@ -59,10 +60,6 @@ class FeedQuery(NamedTuple):
     sport_type: str | None = None
     after: int | None = None
     before: int | None = None
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _epoch(start_date: Any) -> float | None:
@@ -181,7 +178,7 @@ class StravaData:
             return rendered
         items = [a for a in lookup.value if _wanted(a, query)][: query.limit]
         body = orjson.dumps(
-            {"activities": items, "count": len(items), "updated_at": iso(lookup.fetched_at), "stale": lookup.stale}
+            {"activities": items, "count": len(items), "updated_at": iso_utc(lookup.fetched_at), "stale": lookup.stale}
         )
         rendered = self._rendered[key] = Rendered(body, etag_for(body))
         while len(self._rendered) > RENDERED_MAX:
@@ -207,7 +204,7 @@ class StravaData:
 
     @staticmethod
     def _render(body: dict[str, Any], lookup: Lookup) -> Rendered:
-        body["updated_at"] = iso(lookup.fetched_at)
+        body["updated_at"] = iso_utc(lookup.fetched_at)
         body["stale"] = lookup.stale
         raw = orjson.dumps(body)
         return Rendered(raw, etag_for(raw))

@@ -17,7 +17,6 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,13 @@ from service.projects.strava_integration.errors import (
     UpstreamUnavailable,
 )
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
+from service.timestamps import iso_utc
 
 log = structlog.get_logger("strava.tokens")
 
 REFRESH_MARGIN_S = 300  # refresh when the access token expires within this
 REJECTED_RETRY_S = 60  # after a rejection, wait this long before trying the same refresh token again
 STILL_USABLE_S = 30  # if a refresh fails, an access token with this much life left is still handed out
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def write_token_file(path: Path, data: bytes) -> None:
@@ -272,7 +266,7 @@ class TokenManager:
                 return self._access_token
             raise NotConfigured()
         self.metrics.token_refreshes.labels("success").inc()
-        log.info("strava_token_refreshed", expires_at=_iso(self._expires_at), athlete_id=self._athlete_id)
+        log.info("strava_token_refreshed", expires_at=iso_utc(self._expires_at), athlete_id=self._athlete_id)
         assert self._access_token is not None
         return self._access_token
 
@@ -354,7 +348,7 @@ class TokenManager:
             "expires_at": int(payload["expires_at"]),
             "athlete_id": athlete_id,
             "scope": payload.get("scope") if isinstance(payload.get("scope"), str) else self._scope,
-            "saved_at": _iso(self.clock()),
+            "saved_at": iso_utc(self.clock()),
         }
         async with self._file_lock:
             if generation != self._generation:
@@ -427,10 +421,10 @@ class TokenManager:
         return {
             "configured": self._credentials() and self._refresh_token is not None,
             "auth_ok": self._auth_ok,
-            "access_token_expires_at": _iso(self._expires_at),
+            "access_token_expires_at": iso_utc(self._expires_at),
             "athlete_id": self._athlete_id,
             "scope": self._scope,
-            "last_refresh_at": _iso(self._last_refresh_at),
+            "last_refresh_at": iso_utc(self._last_refresh_at),
             "last_error": self._last_error,
             "token_source": self._source,
         }
