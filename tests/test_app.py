@@ -48,9 +48,10 @@ def test_project_info_and_health(service: ServiceProcess) -> None:
     assert info.status_code == 200
     assert info.json()["name"] == "strava-integration"
     health = httpx.get(service.base_url + "/api/strava-integration/health")
-    assert health.status_code in (200, 503)
+    assert health.status_code == 200  # unconfigured is a warning, not a failure
     assert health.headers["content-type"] == "application/health+json"
-    assert health.json()["status"] in ("pass", "warn", "fail")
+    assert health.json()["status"] == "warn"
+    assert "not configured" in health.json()["checks"]["strava-integration"][0]["output"]
 
 
 def test_security_headers_on_success_and_errors(service: ServiceProcess) -> None:
@@ -83,8 +84,7 @@ def test_json_413_chunked_body(service: ServiceProcess) -> None:
             yield b"y" * 1024
 
     r = httpx.post(service.base_url + "/api/strava-integration/webhook", content=chunks())
-    assert r.status_code in (413, 404, 405)  # 413 once the webhook route reads bodies
-    assert r.headers["content-type"] == "application/json"
+    assert_error(r, 413, "payload_too_large")
 
 
 def test_openapi_served(service: ServiceProcess) -> None:
