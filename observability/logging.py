@@ -23,6 +23,7 @@ from observability.redact import Redactor
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 BATCH_DELAY_S = 0.02
+MAX_LOGGED = 512  # longest path or user agent written to an access line
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 _sink: LineSink | None = None
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -214,13 +215,14 @@ class AccessLog:
     def enabled(self, level: int) -> bool:
         return level >= self.min_level
 
-    def emit(self, level: int, fields: dict[str, Any]) -> None:
-        """`fields` starts with `event`, `level` and `timestamp` set to None: filled in here."""
-        scrub = self.redactor.scrub
-        fields["path"] = scrub(fields["path"])
-        agent = fields["user_agent"]
+    def emit(self, level: int, fields: dict[str, Any], path: str, query: bytes, agent: bytes | None) -> None:
+        """`fields` starts with `event`, `level` and `timestamp` set to None, and has `path` and
+        `user_agent` keys: all five are filled in here, the last two from the raw, client-given
+        values, scrubbed and cut to `MAX_LOGGED` characters."""
+        redactor = self.redactor
+        fields["path"] = redactor.scrub_target(path, query, MAX_LOGGED)
         if agent:
-            fields["user_agent"] = scrub(agent)
+            fields["user_agent"] = redactor.scrub_header(agent, MAX_LOGGED)
         sink = _sink
         if self.json and sink is not None:
             fields["event"] = "request"
@@ -235,17 +237,25 @@ class AccessLog:
 
 _second = -1
 _second_prefix = ""
+_milli = -1
+_milli_text = ""
 
 
 def _timestamp() -> str:
-    """ISO 8601 UTC with microseconds; the date and time are formatted once per second."""
-    global _second, _second_prefix
-    now = time.time()
-    second = int(now)
-    if second != _second:
-        _second_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second = second
-    return f"{_second_prefix}.{int((now - second) * 1_000_000):06d}Z"
+    """ISO 8601 UTC to the millisecond, formatted at most once per millisecond.
+
+    A busy service writes a dozen access lines in each millisecond; they share one string.
+    """
+    global _second, _second_prefix, _milli, _milli_text
+    milli = int(time.time() * 1000)
+    if milli != _milli:
+        second, frac = divmod(milli, 1000)
+        if second != _second:
+            _second_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            _second = second
+        _milli_text = f"{_second_prefix}.{frac:03d}Z"
+        _milli = milli
+    return _milli_text
 
 
 # Replaced by `configure_logging`; until then access lines go through structlog's defaults.

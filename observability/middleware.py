@@ -3,13 +3,18 @@
 They share one send wrapper and one pair of clock reads, which is most of what they cost; each
 concept keeps its own module (`request_id`, `metrics`, `logging`) and this file only wires them
 into the request's life.
+
+It is the outermost layer, so it is also where an exception that nothing below handled is
+turned into a response (by the `errors` hook the app passes in, which knows the app's error
+format): being outside it, it sees and counts the 500, and a separate error layer would have
+to wrap `send` a second time just to learn whether the response had started.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,8 +23,16 @@ from observability.logging import access_log, request_id_var
 from observability.metrics import OTHER_METHOD, STANDARD_METHODS, UNMATCHED_ROUTE, HttpMetrics
 
 CLIENT_CLOSED = 499
-_MAX_LOGGED = 512  # longest path or user agent written to a log line
 DEBUG, INFO, ERROR = 10, 20, 40
+
+
+class ErrorHook(Protocol):
+    """Renders an exception that reached the top; see `service.errors.ErrorBoundary`."""
+
+    scope_value: Any  # put in every request's scope under SCOPE_KEY, for the routes' own handling
+    SCOPE_KEY: str
+
+    def respond(self, scope: Scope, receive: Receive, send: Send, exc: Exception, started: bool) -> Awaitable[bool]: ...
 
 
 class ObservabilityMiddleware:
@@ -32,19 +45,21 @@ class ObservabilityMiddleware:
         exclude_paths: Iterable[str] = (),
         quiet_paths: Iterable[str] = (),
         response_headers: Iterable[tuple[bytes, bytes]] = (),
+        errors: ErrorHook | None = None,
     ) -> None:
         self.app = app
+        self.errors = errors
         self.metrics = metrics
         self.route_templates = route_templates
         self.exclude_paths = frozenset(exclude_paths)
         self.quiet_paths = frozenset(quiet_paths)
         self.response_headers = tuple(response_headers)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not `async`: it hands back the coroutine to await, one frame fewer per request.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        await _Responder(self, scope, receive, send).run()
+            return self.app(scope, receive, send)
+        return _Responder(self, scope, receive, send).run()
 
 
 class _Responder:
@@ -89,13 +104,24 @@ class _Responder:
         if state is None:
             state = scope["state"] = {}
         state["request_id"] = self.request_id
+        mw = self.mw
+        errors = mw.errors
+        if errors is not None:
+            scope[errors.SCOPE_KEY] = errors.scope_value
         token = request_id_var.set(self.request_id)
-        metrics = self.mw.metrics
+        metrics = mw.metrics
         metrics.in_progress += 1
         self.started = time.perf_counter()
         error: BaseException | None = None
         try:
-            await self.mw.app(scope, self.receive_wrapper, self.send_wrapper)
+            await mw.app(scope, self.receive_wrapper, self.send_wrapper)
+        except Exception as exc:
+            if errors is not None and await errors.respond(
+                scope, self.receive, self.send_wrapper, exc, self.status != 0
+            ):
+                return  # an expected error (404, 422, ...): answered, not an error of ours
+            error = exc
+            raise
         except BaseException as exc:
             error = exc
             raise
@@ -110,7 +136,8 @@ class _Responder:
             self.disconnected = True
         return message
 
-    async def send_wrapper(self, message: Message) -> None:
+    def send_wrapper(self, message: Message) -> Awaitable[None]:
+        # Not `async`: the app awaits the server's own `send` coroutine, one frame fewer per message.
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
@@ -125,65 +152,51 @@ class _Responder:
             if not message.get("more_body", False):
                 # Background tasks run after this; they are not the client's wait.
                 self.ended = time.perf_counter()
-        try:
-            await self.send(message)
-        except OSError:
-            self.disconnected = True
-            raise
+        return self.send(message)  # an OSError from it reaches `finish`, which counts a 499
 
     def finish(self, error: BaseException | None) -> None:
         scope = self.scope
-        end = self.ended or time.perf_counter()
-        duration = end - self.started
+        mw = self.mw
+        ended = self.ended
+        duration = (ended or time.perf_counter()) - self.started
         status = self.status
         if self.disconnected:
             status = CLIENT_CLOSED
-        elif error is not None and not self.ended:
+        elif error is not None and not ended:
             status = CLIENT_CLOSED if _is_disconnect(error) else 500
         elif status == 0:
             status = CLIENT_CLOSED
-        route = self.mw.route_templates.get(id(scope.get("route")), UNMATCHED_ROUTE)
+        route = mw.route_templates.get(id(scope.get("route")), UNMATCHED_ROUTE)
         method = scope["method"]
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
         path = scope["path"]
-        if path not in self.mw.exclude_paths:
-            self.mw.metrics.observe(method, route, status, duration, self.bytes_sent)
-        level = DEBUG if path in self.mw.quiet_paths else ERROR if status >= 500 else INFO
-        if not access_log.enabled(level):
+        sent = self.bytes_sent
+        if path not in mw.exclude_paths:
+            mw.metrics.observe(method, route, status, duration, sent)
+        level = DEBUG if path in mw.quiet_paths else ERROR if status >= 500 else INFO
+        if level < access_log.min_level:
             return
+        client = scope.get("client")
         fields: dict[str, Any] = {
             "event": None,  # these three first, for readers of the raw line; set by `emit`
             "level": None,
             "timestamp": None,
             "request_id": self.request_id,
             "method": method,
-            "path": _path_for_log(scope),
+            "path": None,  # set by `emit`, from the raw path and query string
             "route": route,
             "status": status,
             "duration_ms": int(duration * 1_000_000) / 1000,
-            "bytes": self.bytes_sent,
-            "client": _client(scope),
-            "user_agent": self.agent[:_MAX_LOGGED].decode("latin-1") if self.agent is not None else None,
+            "bytes": sent,
+            "client": client[0] if client else None,
+            "user_agent": None,  # set by `emit`, from the raw header
         }
         if error is not None:
             fields["error"] = type(error).__name__
-        access_log.emit(level, fields)
+        access_log.emit(level, fields, path, scope.get("query_string", b""), self.agent)
 
 
 def _is_disconnect(error: BaseException) -> bool:
     # Starlette raises ClientDisconnect (an OSError subclass in some versions) when the peer left.
     return isinstance(error, OSError) or type(error).__name__ == "ClientDisconnect"
-
-
-def _path_for_log(scope: Scope) -> str:
-    path = scope["path"]
-    qs = scope.get("query_string", b"")
-    if qs:
-        path = f"{path}?{qs.decode('latin-1')}"
-    return path[:_MAX_LOGGED]
-
-
-def _client(scope: Scope) -> str | None:
-    client = scope.get("client")
-    return client[0] if client else None

@@ -50,6 +50,8 @@ class Redactor:
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self._known: deque[str] = deque(maxlen=_MAX_KNOWN)
         self._memo: dict[str, str] = {}
+        self._targets: dict[tuple[str, bytes], str] = {}
+        self._headers: dict[bytes, str] = {}
         for secret in secrets:
             self.add_secret(secret)
 
@@ -57,7 +59,38 @@ class Redactor:
         # Very short values would scrub innocent text and protect nothing.
         if value and len(value) >= 6 and value not in self._known:
             self._known.append(value)
-            self._memo.clear()  # remembered results did not know this secret
+            # Remembered results did not know this secret.
+            self._memo.clear()
+            self._targets.clear()
+            self._headers.clear()
+
+    def scrub_target(self, path: str, query: bytes, limit: int) -> str:
+        """A request's path and query string as one scrubbed line of at most `limit` characters.
+
+        Memoized on the raw pieces, so the common case is one lookup. Scrubbed before it is cut,
+        so a secret cut in two still matches.
+        """
+        key = (path, query)
+        done = self._targets.get(key)
+        if done is None:
+            text = f"{path}?{query.decode('latin-1')}" if query else path
+            done = self._scrub(text)[:limit]
+            if len(path) + len(query) <= _MEMO_LEN:
+                if len(self._targets) >= _MEMO_MAX:
+                    self._targets.clear()
+                self._targets[key] = done
+        return done
+
+    def scrub_header(self, value: bytes, limit: int) -> str:
+        """A raw header value (a user agent, say) as scrubbed text of at most `limit` characters."""
+        done = self._headers.get(value)
+        if done is None:
+            done = self._scrub(value.decode("latin-1"))[:limit]
+            if len(value) <= _MEMO_LEN:
+                if len(self._headers) >= _MEMO_MAX:
+                    self._headers.clear()
+                self._headers[value] = done
+        return done
 
     def scrub(self, text: str) -> str:
         done = self._memo.get(text)

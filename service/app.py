@@ -22,7 +22,7 @@ from observability.middleware import ObservabilityMiddleware
 from observability.redact import Redactor
 from service import SERVICE_NAME, __version__
 from service.body_limit import BodyLimitMiddleware
-from service.errors import EXCEPTION_HANDLERS, error_response
+from service.errors import EXCEPTION_HANDLERS, ErrorBoundary, error_response
 from service.openapi import build_spec, describe, route_templates
 from service.registry import ProjectApp, ProjectContext, ProjectSpec
 from service.routing import StaticFirstRouter
@@ -41,10 +41,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 class ServiceApp(Starlette):
-    """Starlette with the observability middleware outside everything, error handling included.
+    """Starlette with the observability middleware outside everything, and the app's error boundary.
 
-    Outside `ServerErrorMiddleware`, it sees the 500 that middleware renders (and can add the
-    request id to it), and it sees the exception it re-raises.
+    Starlette would put `ServerErrorMiddleware` and `ExceptionMiddleware` around the user
+    middleware; here one `ErrorBoundary`, called by the outermost middleware, does both jobs, so
+    every response (the 500s included) passes the request-id, metrics and access-log layer once.
     """
 
     def __init__(self, *, routes: list[BaseRoute], observability: dict[str, Any], **kwargs: Any) -> None:
@@ -53,7 +54,11 @@ class ServiceApp(Starlette):
         self._observability = observability
 
     def build_middleware_stack(self) -> ASGIApp:
-        return ObservabilityMiddleware(super().build_middleware_stack(), **self._observability)
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        errors = ErrorBoundary(self.exception_handlers)
+        return ObservabilityMiddleware(app, errors=errors, **self._observability)
 
 
 def _project_routes(spec: ProjectSpec, built: ProjectApp, health: Health) -> Mount:

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
-from starlette.types import Scope
+from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from observability.request_id import request_id_of
 
@@ -146,3 +146,59 @@ EXCEPTION_HANDLERS = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+class ErrorBoundary:
+    """Turns an exception from anywhere in the app into its JSON error response, in one place.
+
+    It does what Starlette's `ServerErrorMiddleware` and `ExceptionMiddleware` do, without being
+    two more layers that each wrap every `send`: the outermost middleware, which tracks whether
+    the response has started anyway, calls `respond` (see `ServiceApp`). Routes built by
+    Starlette's `request_response` still find the handlers in the scope and render their own.
+    """
+
+    SCOPE_KEY = "starlette.exception_handlers"
+
+    def __init__(self, handlers: Mapping[Any, ExceptionHandler]) -> None:
+        status: dict[int, ExceptionHandler] = {}
+        classes: dict[Any, ExceptionHandler] = {}
+        fallback: ExceptionHandler = handle_unexpected
+        for key, handler in handlers.items():
+            if key in (500, Exception):
+                fallback = handler  # the 500: its handler runs, then the error is re-raised
+            elif isinstance(key, int):
+                status[key] = handler
+            else:
+                classes[key] = handler
+        self.fallback = fallback
+        self.status_handlers = status
+        self.class_handlers = classes
+        # What Starlette's routes read from the scope: the expected errors, not the 500.
+        self.scope_value = (classes, status)
+
+    def handler_for(self, exc: Exception) -> ExceptionHandler | None:
+        if isinstance(exc, HTTPException):
+            handler = self.status_handlers.get(exc.status_code)
+            if handler is not None:
+                return handler
+        for cls in type(exc).__mro__:
+            handler = self.class_handlers.get(cls)
+            if handler is not None:
+                return handler
+        return None
+
+    async def respond(self, scope: Scope, receive: Receive, send: Send, exc: Exception, started: bool) -> bool:
+        """Send the response for `exc` unless one has started. True: handled, do not re-raise."""
+        handler = self.handler_for(exc)
+        if handler is not None and not started:
+            response = await handler(Request(scope, receive), exc)  # type: ignore[misc]
+            if response is not None:
+                await response(scope, receive, send)
+            exc.__traceback__ = None  # a reused exception instance would grow its traceback
+            return True
+        # Unexpected (or too late to answer): the 500 handler logs it, the client gets a 500 if
+        # nothing was sent yet, and the caller re-raises so the server sees it too.
+        response = await self.fallback(Request(scope, receive), exc)  # type: ignore[misc]
+        if response is not None and not started:
+            await response(scope, receive, send)
+        return False

@@ -10,7 +10,7 @@ behaviour is the same, 405s included.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from starlette._utils import get_route_path
@@ -29,7 +29,8 @@ class StaticFirstRouter(Router):
             path: route for path, route in leaves if uses[path] == 1 and not route.param_convertors
         }
 
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not `async`: the route's own coroutine is handed back, two frames fewer per request.
         if scope["type"] == "http":
             route = self._static.get(get_route_path(scope))
             if route is not None:
@@ -39,6 +40,7 @@ class StaticFirstRouter(Router):
                 scope["route"] = route
                 scope["endpoint"] = route.endpoint
                 scope["path_params"] = {}
-                await route.handle(scope, receive, send)  # answers 405 itself for other methods
-                return
-        await super().app(scope, receive, send)
+                if route.methods is None or scope["method"] in route.methods:
+                    return route.app(scope, receive, send)
+                return route.handle(scope, receive, send)  # which answers the 405
+        return self.middleware_stack(scope, receive, send)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 import time
+from datetime import datetime
 
 import httpx
 import orjson
@@ -49,7 +51,8 @@ def test_every_line_is_json_with_an_access_line_per_request(service_factory) -> 
     assert set(first) >= ACCESS_FIELDS
     assert first["request_id"] == "log-test-1"
     assert first["status"] == 200 and first["route"] == "/" and first["user_agent"] == "agent/1"
-    assert first["timestamp"].endswith("Z")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["timestamp"])  # ISO 8601 UTC, ms
+    assert abs(datetime.fromisoformat(first["timestamp"]).timestamp() - time.time()) < 60
     assert second["status"] == 404 and second["route"] == "__unmatched__"
     assert second["client"] == "203.0.113.9"  # real client from a trusted proxy's header
     uvicorn_lines = [line for line in service.logs() if line.get("logger", "").startswith("uvicorn")]
@@ -142,6 +145,38 @@ def test_redactor_removes_secret_keys_at_any_depth_and_query_values() -> None:
     assert "c0de" not in out["url"] and "s3cr3t" not in out["url"] and "ok=1" in out["url"]
     assert out["note"] == f"prefix {REDACTED} suffix"
     assert "zzz" not in out["auth"]
+
+
+def test_access_line_target_and_agent_are_scrubbed_before_they_are_cut() -> None:
+    redactor = Redactor(secrets=("known-secret-value",))
+    # The known secret straddles the cut: cutting first would leave "known-secr" in the line.
+    path = "/p/" + "x" * 20
+    cut = len(path) + 1 + 5
+    target = redactor.scrub_target(path, b"q=ab known-secret-value&access_token=tok123", cut)
+    assert target == f"{path}?q=ab "
+    assert "known" not in redactor.scrub_target(path, b"q=ab known-secret-value", 200)
+    assert "tok123" not in redactor.scrub_target("/cb", b"access_token=tok123&x=1", 200)
+    assert redactor.scrub_header(b"agent Bearer abc.def", 200) == f"agent Bearer {REDACTED}"
+    assert redactor.scrub_header(b"a" * 600, 512) == "a" * 512
+
+
+def test_access_line_memo_forgets_when_a_secret_is_learned() -> None:
+    redactor = Redactor()
+    assert redactor.scrub_target("/cb", b"x=learned-later-1", 200) == "/cb?x=learned-later-1"
+    assert redactor.scrub_header(b"ua learned-later-1", 200) == "ua learned-later-1"
+    redactor.add_secret("learned-later-1")
+    assert redactor.scrub_target("/cb", b"x=learned-later-1", 200) == f"/cb?x={REDACTED}"
+    assert redactor.scrub_header(b"ua learned-later-1", 200) == f"ua {REDACTED}"
+
+
+def test_access_line_memo_stays_bounded() -> None:
+    redactor = Redactor()
+    for i in range(5000):
+        redactor.scrub_target(f"/p/{i}", b"", 200)
+        redactor.scrub_header(f"agent/{i}".encode(), 200)
+    redactor.scrub_target("/long" + "y" * 4000, b"", 200)  # too long to remember
+    assert len(redactor._targets) <= 1024 and len(redactor._headers) <= 1024
+    assert not any(len(path) > 600 for path, _ in redactor._targets)
 
 
 def test_pipeline_renders_one_json_line_with_request_id_and_redaction() -> None:
