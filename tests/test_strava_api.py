@@ -178,6 +178,21 @@ def test_after_and_before_filter_by_start_time(stack: Stack, full_feed: list[dic
 def test_bad_parameters_get_422_naming_the_parameter(stack: Stack, query: str, parameter: str) -> None:
     body = assert_error(stack.feed(query), 422, "invalid_parameter", parameter)
     assert parameter in body["message"]
+    assert body["request_id"]
+
+
+@pytest.mark.parametrize("path", ["/feed", "/stats", "/activities/1"])
+def test_data_routes_answer_head_and_refuse_other_methods(stack: Stack, path: str) -> None:
+    # These routes are plain ASGI apps (the hot path), so Starlette's method handling is checked here.
+    get = stack.get(PREFIX + path)
+    head = stack.request("HEAD", PREFIX + path)
+    assert head.status_code == get.status_code and head.content == b""
+    if get.status_code == 200:
+        assert head.headers["etag"] == get.headers["etag"]
+        assert head.headers["content-length"] == get.headers["content-length"]
+    post = stack.post(PREFIX + path)
+    assert_error(post, 405, "method_not_allowed")
+    assert post.headers["allow"] == "GET, HEAD"
 
 
 # ---- privacy ----

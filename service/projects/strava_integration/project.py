@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from observability.health import CheckResult
 from service.errors import ApiError, invalid_parameter
@@ -52,8 +54,8 @@ def upstream_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query_params.get(name)
+def _int_param(params: QueryParams, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = params.get(name)
     if raw is None or raw == "":
         return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or not lo <= int(raw) <= hi:
@@ -65,28 +67,52 @@ _QUERIES: dict[bytes, FeedQuery] = {}
 _QUERIES_MAX = 1024
 
 
-def feed_query(request: Request) -> FeedQuery:
+def feed_query(scope: Scope) -> FeedQuery:
     """The parsed query, memoized by its raw bytes: a site asks the same few queries all day."""
-    raw = request.scope["query_string"]
+    raw = scope["query_string"]
     query = _QUERIES.get(raw)
     if query is None:
-        query = _parse_feed_query(request)  # invalid ones raise, and are not kept
+        query = _parse_feed_query(QueryParams(raw))  # invalid ones raise, and are not kept
         if len(_QUERIES) >= _QUERIES_MAX:
             _QUERIES.clear()
         _QUERIES[raw] = query
     return query
 
 
-def _parse_feed_query(request: Request) -> FeedQuery:
-    limit = _int_param(request, "limit", 30, 1, 200)
-    sport = request.query_params.get("sport_type") or None
+def _parse_feed_query(params: QueryParams) -> FeedQuery:
+    limit = _int_param(params, "limit", 30, 1, 200)
+    sport = params.get("sport_type") or None
     if sport is not None and (len(sport) > 40 or not sport.isascii() or not sport.isalpha()):
         raise invalid_parameter("sport_type", "a Strava sport type such as Run, Ride or TrailRun")
-    after = _int_param(request, "after", None, 0, MAX_EPOCH)
-    before = _int_param(request, "before", None, 0, MAX_EPOCH)
+    after = _int_param(params, "after", None, 0, MAX_EPOCH)
+    before = _int_param(params, "before", None, 0, MAX_EPOCH)
     if after is not None and before is not None and after >= before:
         raise invalid_parameter("before", "a time (epoch seconds) later than after")
     return FeedQuery(limit or 30, sport, after, before)
+
+
+class CachedJSONRoute:
+    """A GET endpoint that serves one cached JSON body, as a plain ASGI app.
+
+    The data routes are the hot path, so they skip what Starlette's `request_response` adds to
+    every request (a `Request` object and an exception wrapper around `send`): `load` reads what
+    it needs from the scope, and errors go to the app's error boundary like everyone else's.
+    """
+
+    def __init__(self, name: str, load: Callable[[Scope], Awaitable[Rendered]], control: str) -> None:
+        self.__name__ = name  # Starlette names the route after it
+        self.load = load
+        self.control = control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            rendered = await self.load(scope)
+        except UpstreamError as exc:
+            raise exc.api_error() from None
+        prepared = rendered.prepared
+        if prepared is None:
+            prepared = rendered.prepared = PreparedJSON(rendered.body, rendered.etag, self.control)
+        await prepared.for_request(scope)(scope, receive, send)
 
 
 # Each may also be sent empty (`?sport_type=`), which means the same as leaving it out.
@@ -157,26 +183,15 @@ def build(ctx: ProjectContext) -> ProjectApp:
         metrics=ctx.metrics,
     )
 
-    def respond(request: Request, rendered: Rendered) -> Response:
-        prepared = rendered.prepared
-        if prepared is None:
-            prepared = rendered.prepared = PreparedJSON(rendered.body, rendered.etag, control)
-        return prepared.for_request(request.scope)  # type: ignore[return-value]  (an ASGI response)
-
-    @describe("Public activities, newest first", params=FEED_PARAMS, responses=DATA_RESPONSES, tags=TAGS)
-    @upstream_errors
-    async def feed(request: Request) -> Response:
-        return respond(request, await data.feed(feed_query(request)))
-
-    @describe("One public activity", responses={**DATA_RESPONSES, "404": "Unknown or not public"}, tags=TAGS)
-    @upstream_errors
-    async def activity(request: Request) -> Response:
-        return respond(request, await data.activity(request.path_params["activity_id"]))
-
-    @describe("Athlete totals: recent, year to date, all time", responses=DATA_RESPONSES, tags=TAGS)
-    @upstream_errors
-    async def stats(request: Request) -> Response:
-        return respond(request, await data.stats())
+    feed = describe("Public activities, newest first", params=FEED_PARAMS, responses=DATA_RESPONSES, tags=TAGS)(
+        CachedJSONRoute("feed", lambda scope: data.feed(feed_query(scope)), control)
+    )
+    activity = describe("One public activity", responses={**DATA_RESPONSES, "404": "Unknown or not public"}, tags=TAGS)(
+        CachedJSONRoute("activity", lambda scope: data.activity(scope["path_params"]["activity_id"]), control)
+    )
+    stats = describe("Athlete totals: recent, year to date, all time", responses=DATA_RESPONSES, tags=TAGS)(
+        CachedJSONRoute("stats", lambda scope: data.stats(), control)
+    )
 
     admin = {"401": "X-API-Key missing", "403": "X-API-Key wrong", "503": "Admin disabled or Strava unavailable"}
 
@@ -338,9 +353,9 @@ def build(ctx: ProjectContext) -> ProjectApp:
         return {"sandbox": settings.sandbox, "configured": data.configured}
 
     routes = [
-        Route("/feed", feed),
-        Route("/activities/{activity_id:int}", activity),
-        Route("/stats", stats),
+        Route("/feed", feed, methods=["GET"]),
+        Route("/activities/{activity_id:int}", activity, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
         Route("/refresh", refresh, methods=["POST"]),
         Route("/status", status),
         Route("/webhook", webhook_validate, methods=["GET"]),
