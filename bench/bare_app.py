@@ -2,8 +2,9 @@
 
 `bench/run.py` fetches the benchmarked route from the running service once, writes what it got
 to a JSON file (path, status, the route's own headers, the body in base64) and starts this app
-on it, so both servers send the same bytes. The uvicorn settings are the service's own
-(`service.launcher.uvicorn_config`): only the app differs, so the gap is the service's stack.
+on it, so both servers send the same body and route headers.
+The uvicorn settings are the service's own (`service.launcher.uvicorn_config`): only the app
+differs, so the gap is the service's stack.
 
     python -m bench.bare_app --response recorded.json --port 8081 --loop asyncio
 """
@@ -23,14 +24,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-# Headers the route itself sets. The server's own (date, content-length) and the service's
-# middleware (request id, security headers) are what is being measured, so they are left out.
+from service.security import SECURITY_HEADERS
+
+# Headers the route itself sets. The server's own (date, server, content-length) it sets itself.
 ROUTE_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "vary")
+# What the service sends on every response for security (`service/security.py`). By default the
+# baseline leaves them out, so the service pays for them in the comparison (the stricter one).
+# They are not observability, though: `security_headers=True` (`bench/run.py --bare-headers
+# same`) sends them too, and the comparison isolates what observability adds (the request id
+# header, metrics, the access line).
+SECURITY_HEADER_NAMES = tuple(name.decode() for name, _ in SECURITY_HEADERS)
 
 
-def recorded(path: str, status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """The JSON-able record of one response, keeping only the route's own headers."""
-    kept = {k.lower(): v for k, v in headers.items() if k.lower() in ROUTE_HEADERS}
+def recorded(
+    path: str, status: int, headers: Mapping[str, str], body: bytes, *, security_headers: bool = False
+) -> dict[str, Any]:
+    """The JSON-able record of one response: the route's own headers (and the security ones)."""
+    keep = ROUTE_HEADERS + (SECURITY_HEADER_NAMES if security_headers else ())
+    kept = {k.lower(): v for k, v in headers.items() if k.lower() in keep}
     return {"path": path, "status": status, "headers": kept, "body_b64": base64.b64encode(body).decode()}
 
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.bare_app import recorded  # noqa: E402
+from bench.bare_app import SECURITY_HEADER_NAMES, recorded  # noqa: E402
 
 HOST = "127.0.0.1"
 FEED_PATH = "/api/strava-integration/feed?limit=30"
@@ -413,7 +413,8 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"{path} is excluded from metrics; pick another route")
         print(f"  route: GET {path} ({len(body)} bytes, {headers.get('content-type')}, etag={headers.get('etag')})")
         response_file = tmp / "response.json"
-        response_file.write_bytes(orjson.dumps(recorded(path, status, headers, body)))
+        same = args.bare_headers == "same"
+        response_file.write_bytes(orjson.dumps(recorded(path, status, headers, body, security_headers=same)))
 
         bare = bare_server(loop, tmp, args, response_file)
         servers.append(bare)
@@ -421,6 +422,10 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
         b_status, b_headers, b_body = fetch(bare.url(path))
         if (b_status, b_body, b_headers.get("content-type")) != (status, body, headers.get("content-type")):
             raise BenchError("the bare app does not serve the same status, bytes and content type")
+        missing = sorted(set(headers) - set(b_headers))
+        expected = sorted(["x-request-id", *([] if same else SECURITY_HEADER_NAMES)])
+        if missing != expected:
+            raise BenchError(f"the bare app should lack only {expected} of the service's headers, it lacks {missing}")
 
         pair = (bare, service)
         for server in pair:
@@ -446,7 +451,13 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    summary: dict[str, Any] = {"loop": loop, "route": path, "body_bytes": len(body), "runs": runs}
+    summary: dict[str, Any] = {
+        "loop": loop,
+        "route": path,
+        "body_bytes": len(body),
+        "bare_headers": args.bare_headers,
+        "runs": runs,
+    }
     for name in ("bare", "service"):
         mine = [r for r in runs if r["server"] == name]
         summary[name] = {
@@ -485,6 +496,12 @@ def table(s: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"loop={s['loop']}  route=GET {s['route']} ({s['body_bytes']} bytes)  "
         f"{args.runs} runs x {args.duration} s, wrk -t{args.threads} -c{args.connections}, medians",
+        "baseline: bare Starlette sending "
+        + (
+            "the same headers but the request id (security headers included)"
+            if s["bare_headers"] == "same"
+            else "only the route's own headers (no security headers)"
+        ),
         "",
         "| server  |   req/s | p50 ms | p99 ms | p99 min-max ms | max ms | other load | noisy runs |",
         "|---------|--------:|-------:|-------:|---------------:|-------:|-----------:|-----------:|",
@@ -547,6 +564,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         help="run servers and wrk at this niceness, and their sessions' autogroups (negative needs root; default 0)",
+    )
+    parser.add_argument(
+        "--bare-headers",
+        choices=("route", "same"),
+        default="route",
+        help="the baseline sends only the route's own headers (route, default: the service pays for its "
+        "security headers too), or every header of the service's but the request id (same: observability only)",
     )
     parser.add_argument("--json", type=Path, help="write raw results (every run, wrk output) here")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory with the logs")
