@@ -116,11 +116,12 @@ class _Responder:
         try:
             await mw.app(scope, self.receive_wrapper, self.send_wrapper)
         except Exception as exc:
+            error = exc  # set first: should rendering the error fail too, this is still a 500
             if errors is not None and await errors.respond(
                 scope, self.receive, self.send_wrapper, exc, self.status != 0
             ):
+                error = None
                 return  # an expected error (404, 422, ...): answered, not an error of ours
-            error = exc
             raise
         except BaseException as exc:
             error = exc

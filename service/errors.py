@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import structlog
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -191,14 +193,21 @@ class ErrorBoundary:
         """Send the response for `exc` unless one has started. True: handled, do not re-raise."""
         handler = self.handler_for(exc)
         if handler is not None and not started:
-            response = await handler(Request(scope, receive), exc)  # type: ignore[misc]
+            response = await _call(handler, Request(scope, receive), exc)
             if response is not None:
                 await response(scope, receive, send)
             exc.__traceback__ = None  # a reused exception instance would grow its traceback
             return True
         # Unexpected (or too late to answer): the 500 handler logs it, the client gets a 500 if
         # nothing was sent yet, and the caller re-raises so the server sees it too.
-        response = await self.fallback(Request(scope, receive), exc)  # type: ignore[misc]
+        response = await _call(self.fallback, Request(scope, receive), exc)
         if response is not None and not started:
             await response(scope, receive, send)
         return False
+
+
+async def _call(handler: ExceptionHandler, request: Request, exc: Exception) -> Any:
+    # As Starlette does: a plain function runs in the thread pool, off the event loop.
+    if is_async_callable(handler):
+        return await handler(request, exc)  # type: ignore[misc]
+    return await run_in_threadpool(handler, request, exc)  # type: ignore[arg-type]

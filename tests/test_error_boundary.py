@@ -146,3 +146,53 @@ def test_status_handlers_take_precedence_for_http_exceptions() -> None:
     assert boundary.handler_for(HTTPException(418)) is teapot
     assert boundary.handler_for(HTTPException(404)) is EXCEPTION_HANDLERS[HTTPException]
     assert boundary.handler_for(KeyError("x")) is None  # falls to the 500
+
+
+def test_a_failing_error_handler_is_still_a_500_and_raised() -> None:
+    async def broken(request: Any, exc: Exception) -> Any:
+        raise LookupError("the error page broke")
+
+    metrics = HttpMetrics()
+    mw = ObservabilityMiddleware(
+        raising(ApiError(422, "invalid_parameter", "x")),
+        metrics=metrics,
+        route_templates={},
+        errors=ErrorBoundary({**EXCEPTION_HANDLERS, ApiError: broken}),
+    )
+    scope: Scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "state": {}}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        raise AssertionError("nothing can be sent")
+
+    with pytest.raises(LookupError):
+        asyncio.run(mw(scope, receive, send))
+    assert statuses(metrics) == {500: 1}
+
+
+def test_plain_function_handlers_work_too() -> None:
+    from starlette.responses import Response
+
+    def gone(request: Any, exc: Exception) -> Any:  # not async: Starlette runs these in a thread
+        return Response(b"gone", status_code=410)
+
+    metrics = HttpMetrics()
+    mw = ObservabilityMiddleware(
+        raising(HTTPException(410)),
+        metrics=metrics,
+        route_templates={},
+        errors=ErrorBoundary({**EXCEPTION_HANDLERS, 410: gone}),
+    )
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(mw({"type": "http", "method": "GET", "path": "/x", "headers": [], "state": {}}, receive, send))
+    assert sent[0]["status"] == 410 and sent[1]["body"] == b"gone"
+    assert statuses(metrics) == {410: 1}
