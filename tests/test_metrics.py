@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from observability.metrics import Metrics
 from service.app import create_app
 from service.projects import REGISTRY
 from service.settings import load_settings
@@ -178,3 +179,19 @@ def test_bearer_token_protects_metrics() -> None:
         ok = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200
         assert token not in ok.text
+
+
+def test_counter_read_at_scrape_time() -> None:
+    # The API for hot-path counts: plain numbers owned by the caller, exposed as a counter.
+    metrics = Metrics("9.9.9")
+    counts = {("feed", "hit"): 0, ("feed", "miss"): 0}
+    metrics.counter_from("demo_lookups", "Lookups.", ("resource", "result"), lambda: counts)
+    counts["feed", "hit"] += 3
+    text, _ = metrics.render(None)
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    family = families["siteapi_demo_lookups"]
+    assert family.type == "counter"
+    values = {(s.labels["resource"], s.labels["result"]): s.value for s in family.samples if s.name.endswith("_total")}
+    assert values == {("feed", "hit"): 3.0, ("feed", "miss"): 0.0}
+    counts["feed", "miss"] += 1  # read again at the next scrape
+    assert 'siteapi_demo_lookups_total{resource="feed",result="miss"} 1.0' in metrics.render(None)[0].decode()

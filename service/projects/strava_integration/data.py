@@ -78,22 +78,24 @@ class StravaData:
         self.settings = settings
         self.client = client
         self.clock = clock
-        self._cache_requests = metrics.counter(
-            "strava_cache_requests", "Cache lookups by resource and result.", ("resource", "result")
-        )
-        # Resolved once: a labelled child's lookup would cost more than the cache hit it counts.
-        self._cache_counts = {
-            (resource, result): self._cache_requests.labels(resource, result)
-            for resource in ("feed", "activity", "stats")
-            for result in ("hit", "miss", "stale")
+        # Plain numbers, read at scrape time: a prometheus-client child (a lock per increment)
+        # would cost more than the cache hit it counts. Every series exists from the start.
+        self._cache_counts: dict[tuple[str, str], int] = {
+            (resource, result): 0 for resource in ("feed", "activity", "stats") for result in ("hit", "miss", "stale")
         }
+        metrics.counter_from(
+            "strava_cache_requests",
+            "Cache lookups by resource and result.",
+            ("resource", "result"),
+            lambda: self._cache_counts,
+        )
         self.cache = SWRCache(
             ttl=settings.cache_ttl_seconds,
             stale=settings.cache_stale_seconds,
             max_entries=settings.cache_max_entries,
             max_bytes=settings.cache_max_bytes,
             clock=clock,
-            on_result=lambda resource, result: self._cache_counts[resource, result].inc(),
+            on_result=self._count_cache_result,
         )
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)
@@ -102,6 +104,9 @@ class StravaData:
         self._events = 0  # activity events seen; numbers the hides below
         self._hidden: dict[int, int] = {}  # activity id -> the event that hid it
         self._deauth_lock = asyncio.Lock()
+
+    def _count_cache_result(self, resource: str, result: str) -> None:
+        self._cache_counts[resource, result] += 1
 
     @property
     def configured(self) -> bool:
