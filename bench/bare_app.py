@@ -1,8 +1,8 @@
 """The baseline: a bare Starlette app, no middleware, serving one recorded response.
 
 `bench/run.py` fetches the benchmarked route from the running service once, writes what it got
-to a JSON file (path, status, the route's own headers, the body in base64) and starts this app
-on it, so both servers send the same body and route headers.
+to a JSON file (path, status, the route's own and the security headers, the body in base64) and
+starts this app on it, so both servers send the same bytes but the request id header.
 The uvicorn settings are the service's own (`service.launcher.uvicorn_config`): only the app
 differs, so the gap is the service's stack.
 
@@ -28,18 +28,17 @@ from service.security import SECURITY_HEADERS
 
 # Headers the route itself sets. The server's own (date, server, content-length) it sets itself.
 ROUTE_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "vary")
-# What the service sends on every response for security (`service/security.py`). By default the
-# baseline leaves them out, so the service pays for them in the comparison (the stricter one).
-# They are not observability, though: `security_headers=True` (`bench/run.py --bare-headers
-# same`) sends them too, and the comparison isolates what observability adds (the request id
-# header, metrics, the access line).
+# What the service sends on every response for security (`service/security.py`). They are not
+# observability, so `bench/run.py` (by default, `--bare-headers same`) has the baseline send them
+# too: the same bytes, and the gap is what observability adds (the request id header, metrics,
+# the access line). `--bare-headers route` leaves them out: the stricter comparison.
 SECURITY_HEADER_NAMES = tuple(name.decode() for name, _ in SECURITY_HEADERS)
 
 
 def recorded(
-    path: str, status: int, headers: Mapping[str, str], body: bytes, *, security_headers: bool = False
+    path: str, status: int, headers: Mapping[str, str], body: bytes, *, security_headers: bool = True
 ) -> dict[str, Any]:
-    """The JSON-able record of one response: the route's own headers (and the security ones)."""
+    """The JSON-able record of one response: the route's own headers and the security ones."""
     keep = ROUTE_HEADERS + (SECURITY_HEADER_NAMES if security_headers else ())
     kept = {k.lower(): v for k, v in headers.items() if k.lower() in keep}
     return {"path": path, "status": status, "headers": kept, "body_b64": base64.b64encode(body).decode()}

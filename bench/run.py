@@ -567,10 +567,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--bare-headers",
-        choices=("route", "same"),
-        default="route",
-        help="the baseline sends only the route's own headers (route, default: the service pays for its "
-        "security headers too), or every header of the service's but the request id (same: observability only)",
+        choices=("same", "route"),
+        default="same",
+        help="the baseline sends the service's bytes but the request id header (same, default: the gap is "
+        "observability), or only the route's own headers (route: the service pays for its security headers too)",
     )
     parser.add_argument("--json", type=Path, help="write raw results (every run, wrk output) here")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory with the logs")
