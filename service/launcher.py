@@ -83,10 +83,16 @@ class DrainingServer(uvicorn.Server):
         # what is queued, close the listener, and give each connection a moment to serve the
         # request on its way (each response now closes its connection); then uvicorn's shutdown.
         if not self.force_exit:
-            for server in self.servers:
-                for sock in server.sockets:
-                    _refuse_new_handshakes(sock.fileno())
+            listeners = [sock for server in self.servers for sock in server.sockets]
+            for sock in listeners:
+                _refuse_new_handshakes(sock.fileno())
+            # The loop accepts what the queue holds; under load that can take more than one turn,
+            # so wait until the kernel says the queue is empty (bounded, like the settling below).
             await asyncio.sleep(0.05)
+            for _ in range(round(SETTLE_SECONDS / 0.01)):
+                if not any(_accept_queue_length(sock) for sock in listeners):
+                    break
+                await asyncio.sleep(0.01)
             for server in self.servers:
                 server.close()
             for _ in range(round(SETTLE_SECONDS / 0.05)):
@@ -109,6 +115,17 @@ def _refuse_new_handshakes(fd: int) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 listener.listen(0)
+
+
+def _accept_queue_length(sock: socket.socket) -> int:
+    """Connections waiting in a listener's accept queue: Linux reports it in TCP_INFO (0 elsewhere)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        # struct tcp_info: eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, ...; for a
+        # listening socket the kernel puts the accept queue's length in `unacked`.
+        return int(struct.unpack_from("8B5I", info)[12])
+    except (AttributeError, OSError, struct.error):
+        return 0
 
 
 def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config:

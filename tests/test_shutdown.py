@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
 import httpx
 
+from service.launcher import _accept_queue_length
 from tests.support import wait_until
 
 
@@ -63,3 +65,22 @@ def test_second_signal_skips_the_drain(service_factory) -> None:
     service.proc.wait(10)
     assert service.proc.returncode == 0
     assert time.monotonic() - started < 10  # did not sit out the 30 s drain
+
+
+def test_accept_queue_length_is_read_from_the_kernel() -> None:
+    # Shutdown waits on it before closing the listener: closing resets whatever is still queued.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        assert _accept_queue_length(listener) == 0
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        try:
+            assert wait_until(lambda: _accept_queue_length(listener) == 3, 2)
+            accepted, _ = listener.accept()
+            accepted.close()
+            assert _accept_queue_length(listener) == 2
+        finally:
+            for client in clients:
+                client.close()
+    with socket.socket(socket.AF_UNIX) as not_tcp:
+        assert _accept_queue_length(not_tcp) == 0
