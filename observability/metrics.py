@@ -114,22 +114,22 @@ class _BuildInfo(Collector):
         yield self._family
 
 
-Reader = Callable[[], Mapping[tuple[str, ...], float]]
+Values = Callable[[], Mapping[tuple[str, ...], float]]
 
 
-class _ReadCounter(Collector):
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], read: Reader) -> None:
+class _ValuesCounter(Collector):
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], values: Values) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = labelnames
-        self.read = read
+        self.values = values
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, value in list(self.read().items()):
+        for labels, value in list(self.values().items()):
             family.add_metric(list(labels), value)
         yield family
 
@@ -170,14 +170,14 @@ class Metrics:
         name: str,
         documentation: str,
         labelnames: Sequence[str],
-        read: Reader,
+        values: Values,
     ) -> None:
-        """A counter the caller keeps as plain numbers and `read` hands over at scrape time.
+        """A counter the caller keeps as plain numbers and `values` hands over at scrape time.
 
         For counts on a hot path of the event loop: no lock and no label lookup per increment,
         as the request metrics. The caller owns the label values, so it keeps them bounded.
         """
-        self.registry.register(_ReadCounter(self.prefix + name, documentation, tuple(labelnames), read))
+        self.registry.register(_ValuesCounter(self.prefix + name, documentation, tuple(labelnames), values))
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")

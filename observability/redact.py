@@ -49,9 +49,9 @@ class Redactor:
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self._known: deque[str] = deque(maxlen=_MAX_KNOWN)
-        self._memo: dict[str, str] = {}
-        self._targets: dict[tuple[str, bytes], str] = {}
-        self._headers: dict[bytes, str] = {}
+        # Scrubbed results by their raw input: a str, a (path, query) pair or a header's bytes;
+        # keys of different types never collide, so one bounded dict serves all three.
+        self._memo: dict[str | bytes | tuple[str, bytes], str] = {}
         for secret in secrets:
             self.add_secret(secret)
 
@@ -59,10 +59,20 @@ class Redactor:
         # Very short values would scrub innocent text and protect nothing.
         if value and len(value) >= 6 and value not in self._known:
             self._known.append(value)
-            # Remembered results did not know this secret.
-            self._memo.clear()
-            self._targets.clear()
-            self._headers.clear()
+            self._memo.clear()  # remembered results did not know this secret
+
+    def _remember(self, key: str | bytes | tuple[str, bytes], size: int, clean: str) -> str:
+        if size <= _MEMO_LEN:
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[key] = clean
+        return clean
+
+    def scrub(self, text: str) -> str:
+        done = self._memo.get(text)
+        if done is None:
+            done = self._remember(text, len(text), self._scrub(text))
+        return done
 
     def scrub_target(self, path: str, query: bytes, limit: int) -> str:
         """A request's path and query string as one scrubbed line of at most `limit` characters.
@@ -71,37 +81,18 @@ class Redactor:
         so a secret cut in two still matches.
         """
         key = (path, query)
-        done = self._targets.get(key)
+        done = self._memo.get(key)
         if done is None:
             text = f"{path}?{query.decode('latin-1')}" if query else path
-            done = self._scrub(text)[:limit]
-            if len(path) + len(query) <= _MEMO_LEN:
-                if len(self._targets) >= _MEMO_MAX:
-                    self._targets.clear()
-                self._targets[key] = done
-        return done
+            done = self._remember(key, len(path) + len(query), self._scrub(text))
+        return done[:limit]
 
     def scrub_header(self, value: bytes, limit: int) -> str:
         """A raw header value (a user agent, say) as scrubbed text of at most `limit` characters."""
-        done = self._headers.get(value)
+        done = self._memo.get(value)
         if done is None:
-            done = self._scrub(value.decode("latin-1"))[:limit]
-            if len(value) <= _MEMO_LEN:
-                if len(self._headers) >= _MEMO_MAX:
-                    self._headers.clear()
-                self._headers[value] = done
-        return done
-
-    def scrub(self, text: str) -> str:
-        done = self._memo.get(text)
-        if done is not None:
-            return done
-        clean = self._scrub(text)
-        if len(text) <= _MEMO_LEN:
-            if len(self._memo) >= _MEMO_MAX:
-                self._memo.clear()
-            self._memo[text] = clean
-        return clean
+            done = self._remember(value, len(value), self._scrub(value.decode("latin-1")))
+        return done[:limit]
 
     def _scrub(self, text: str) -> str:
         if "=" in text:

@@ -175,8 +175,8 @@ def test_access_line_memo_stays_bounded() -> None:
         redactor.scrub_target(f"/p/{i}", b"", 200)
         redactor.scrub_header(f"agent/{i}".encode(), 200)
     redactor.scrub_target("/long" + "y" * 4000, b"", 200)  # too long to remember
-    assert len(redactor._targets) <= 1024 and len(redactor._headers) <= 1024
-    assert not any(len(path) > 600 for path, _ in redactor._targets)
+    assert len(redactor._memo) <= 1024
+    assert not any(len(key[0]) > 600 for key in redactor._memo if isinstance(key, tuple))
 
 
 def test_pipeline_renders_one_json_line_with_request_id_and_redaction() -> None:
