@@ -2,9 +2,13 @@
 
 Both run under uvicorn (one worker, httptools, the same event loop) pinned to one CPU; wrk runs
 pinned to the other. The service runs as in production (`python -m service --sandbox`): metrics
-on, JSON access log at info level (to a file in a temporary directory), request ids. Runs are
-interleaved (bare, service, bare, service, ...) so drift on the machine hits both alike, and the
-table shows medians. Exit status: 0 targets met, 1 a target missed, 3 a run was broken (socket
+on, JSON access log at info level (to a file in a temporary directory), request ids. Each round
+measures every variant twice in mirrored order (A-B-B-A), so drift on the machine hits both sides
+of a pair alike; ratios are the medians of the per-pair ratios, shown beside the server's CPU time
+per request (from /proc/<pid>/stat). `--compare` picks what is compared: both baselines (bare
+Starlette with the same bytes and headers, plain Starlette with only the route's), the service with
+REDIS_URL against the embedded state, or gzip against identity.
+Exit status: 0 targets met, 1 a target missed, 3 a run was broken (socket
 errors, non-2xx responses, a server died or served different bytes).
 
     python bench/run.py --loop both --nice -10      # the real run, about 5-6 minutes
@@ -133,10 +137,11 @@ def prioritize(pid: int, nice: int) -> None:
             Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
-def run_wrk(url: str, seconds: int, args: argparse.Namespace) -> tuple[WrkResult, str]:
+def run_wrk(url: str, seconds: int, args: argparse.Namespace, headers: Sequence[str] = ()) -> tuple[WrkResult, str]:
+    extra = [arg for header in headers for arg in ("-H", header)]
     cmd = [
         *pinned(args.wrk_cpu, args),
-        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency", url,
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency", *extra, url,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     prioritize(proc.pid, args.nice)
@@ -190,13 +195,13 @@ class LoadMeter:
         self.busy0, self.steal0 = _cpu_busy()[cpu]
         self.server0 = _process_seconds(server_pid)
 
-    def stop(self) -> tuple[float, float]:
-        """(other load, steal), each as a fraction of the server's CPU over the run."""
+    def stop(self) -> tuple[float, float, float]:
+        """(other load, steal) as fractions of the server's CPU over the run, and the server's CPU seconds."""
         elapsed = max(time.monotonic() - self.start, 1e-6)
         busy, steal = _cpu_busy()[self.cpu]
         server = _process_seconds(self.pid) - self.server0
         other = max(0.0, (busy - self.busy0) - server) / elapsed
-        return other, (steal - self.steal0) / elapsed
+        return other, (steal - self.steal0) / elapsed, server
 
 
 def wait_for_quiet(cpu: int, limit: float) -> float:
@@ -223,9 +228,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fetch(url: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def fetch(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET `url`; the body as sent (urllib does not decompress, so a gzip body stays gzip)."""
     try:
-        with _opener.open(url, timeout=timeout) as resp:
+        with _opener.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
@@ -286,10 +292,14 @@ class Server:
             proc.wait(timeout=5)
 
 
-def service_server(loop: str, tmp: Path, args: argparse.Namespace) -> Server:
+def service_server(
+    loop: str, tmp: Path, args: argparse.Namespace, *, name: str = "service", extra_env: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     inherited = {
-        k: v for k, v in os.environ.items() if not k.startswith(("LOG_", "METRICS_", "SHUTDOWN_", "HOST", "PORT"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LOG_", "METRICS_", "SHUTDOWN_", "HOST", "PORT", "REDIS_"))
     }
     env = {
         **inherited,
@@ -300,18 +310,60 @@ def service_server(loop: str, tmp: Path, args: argparse.Namespace) -> Server:
         "METRICS_EXCLUDE_PATHS": EXCLUDED,
         "SHUTDOWN_DRAIN_SECONDS": "0",
         "SHUTDOWN_TIMEOUT_SECONDS": "5",
+        **(extra_env or {}),
     }
     cmd = [*pinned(args.server_cpu, args), sys.executable, "-m", "service", "--sandbox", "--loop", loop]
-    return Server("service", cmd, env, tmp / "service.log", port, args.nice)
+    return Server(name, cmd, env, tmp / f"{name}.log", port, args.nice)
 
 
-def bare_server(loop: str, tmp: Path, args: argparse.Namespace, response_file: Path) -> Server:
+def bare_server(loop: str, tmp: Path, args: argparse.Namespace, response_file: Path, *, name: str = "bare") -> Server:
     port = free_port()
     cmd = [
         *pinned(args.server_cpu, args), sys.executable, "-m", "bench.bare_app",
         "--response", str(response_file), "--port", str(port), "--loop", loop,
     ]  # fmt: skip
-    return Server("bare", cmd, dict(os.environ), tmp / "bare.log", port, args.nice)
+    return Server(name, cmd, dict(os.environ), tmp / f"{name}.log", port, args.nice)
+
+
+class RedisServer:
+    """A throwaway redis-server on loopback for `--compare redis`, on the wrk CPU (off the server's)."""
+
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.port = free_port()
+        self.cmd = [
+            *pinned(args.wrk_cpu, args), "redis-server", "--port", str(self.port), "--bind", HOST,
+            "--save", "", "--appendonly", "no", "--dir", str(tmp),
+        ]  # fmt: skip
+        self.log_path = tmp / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"redis-server exited with {self.proc.returncode}; see {self.log_path}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise BenchError(f"redis-server did not answer within {timeout:g} s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
 
 
 def choose_route(base_url: str, warm_seconds: float = 15.0) -> tuple[str, int, dict[str, str], bytes]:
@@ -363,19 +415,52 @@ def count_access_lines(path: Path) -> int:
 # --- one comparison ------------------------------------------------------------------------
 
 
-def measure(server: Server, path: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Variant:
+    """What one measurement hits: a server, and the request headers wrk sends it."""
+
+    name: str
+    server: Server
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    candidate: str
+    baseline: str
+    min_rps_ratio: float
+    max_p99_ratio: float | None
+    what: str
+
+
+GZIP = "Accept-Encoding: gzip"
+COMPARISONS = {
+    "baselines": (
+        Comparison("service", "bare", MIN_RPS_RATIO, MAX_P99_RATIO, "bare Starlette, the same bytes and headers"),
+        Comparison("service", "plain", MIN_RPS_RATIO, MAX_P99_RATIO, "plain Starlette, only the route's headers"),
+    ),
+    "redis": (Comparison("redis", "service", 0.95, None, "REDIS_URL set against the embedded state"),),
+    "gzip": (Comparison("gzip", "service", 1.0, None, "Accept-Encoding: gzip against none"),),
+}
+
+
+def measure(variant: Variant, path: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One wrk run; on a busy machine, repeated (up to --retries) and the quietest attempt kept."""
+    server = variant.server
     attempts: list[dict[str, Any]] = []
     for _ in range(1 + args.retries):
         wait_for_quiet(args.server_cpu, args.quiet_wait)
         meter = LoadMeter(server.pid, args.server_cpu)
-        result, raw = run_wrk(server.url(path), args.duration, args)
-        other, steal = meter.stop()
+        result, raw = run_wrk(server.url(path), args.duration, args, variant.headers)
+        other, steal, cpu_s = meter.stop()
         server.check_alive()
-        attempts.append({**asdict(result), "other_load": other, "steal": steal, "wrk_output": raw})
+        cpu_us = cpu_s / max(result.requests, 1) * 1e6
+        attempts.append(
+            {**asdict(result), "other_load": other, "steal": steal, "cpu_us_per_request": cpu_us, "wrk_output": raw}
+        )
         print(
-            f"  run {run} {server.name:<7} {result.rps:>7.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-            f"  p99 {result.p99_ms:6.2f} ms  max {result.max_ms:7.2f} ms"
+            f"  run {run} {variant.name:<7} {result.rps:>7.0f} req/s  {cpu_us:6.1f} us CPU/req"
+            f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  max {result.max_ms:7.2f} ms"
             f"  other load on cpu{args.server_cpu} {other:4.0%} steal {steal:4.0%}"
             + ("  NOISY" if other > NOISY else "")
             + ("  BROKEN" if result.broken else ""),
@@ -390,7 +475,7 @@ def measure(server: Server, path: str, run: int, args: argparse.Namespace) -> di
         kept = broken[0]
     return {
         "run": run,
-        "server": server.name,
+        "server": variant.name,
         **kept,
         "attempts": len(attempts),
         "discarded": [a for a in attempts if a is not kept],
@@ -401,9 +486,21 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
+def pair_ratios(runs: list[dict[str, Any]], comparison: Comparison, key: str) -> list[float]:
+    """candidate/baseline of `key` for each measured pair: both halves (A-B, then B-A) of every round."""
+    ratios = []
+    for half in sorted({(r["run"], r["half"]) for r in runs}):
+        by_name = {r["server"]: r for r in runs if (r["run"], r["half"]) == half}
+        if comparison.candidate in by_name and comparison.baseline in by_name:
+            ratios.append(by_name[comparison.candidate][key] / by_name[comparison.baseline][key])
+    return ratios
+
+
+def compare(loop: str, selected: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"siteapi-bench-{loop}-"))
     servers: list[Server] = []
+    redis: RedisServer | None = None
+    comparisons = [c for name in selected for c in COMPARISONS[name]]
     try:
         service = service_server(loop, tmp, args)
         servers.append(service)
@@ -412,31 +509,51 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
         if path.split("?", 1)[0] in EXCLUDED.split(","):
             raise BenchError(f"{path} is excluded from metrics; pick another route")
         print(f"  route: GET {path} ({len(body)} bytes, {headers.get('content-type')}, etag={headers.get('etag')})")
-        response_file = tmp / "response.json"
-        same = args.bare_headers == "same"
-        response_file.write_bytes(orjson.dumps(recorded(path, status, headers, body, security_headers=same)))
+        variants = {"service": Variant("service", service)}
+        sizes = {"identity": len(body)}
 
-        bare = bare_server(loop, tmp, args, response_file)
-        servers.append(bare)
-        bare.start(path)
-        b_status, b_headers, b_body = fetch(bare.url(path))
-        if (b_status, b_body, b_headers.get("content-type")) != (status, body, headers.get("content-type")):
-            raise BenchError("the bare app does not serve the same status, bytes and content type")
-        missing = sorted(set(headers) - set(b_headers))
-        expected = sorted(["x-request-id", *([] if same else SECURITY_HEADER_NAMES)])
-        if missing != expected:
-            raise BenchError(f"the bare app should lack only {expected} of the service's headers, it lacks {missing}")
+        if "baselines" in selected:
+            for name, same in (("bare", True), ("plain", False)):
+                response_file = tmp / f"{name}.json"
+                response_file.write_bytes(orjson.dumps(recorded(path, status, headers, body, security_headers=same)))
+                bare = bare_server(loop, tmp, args, response_file, name=name)
+                servers.append(bare)
+                bare.start(path)
+                check_baseline(bare, path, status, headers, body, same)
+                variants[name] = Variant(name, bare)
+        if "redis" in selected:
+            if shutil.which("redis-server") is None:
+                raise BenchError("--compare redis needs redis-server")
+            redis = RedisServer(tmp, args)
+            redis.start()
+            shared = service_server(loop, tmp, args, name="redis", extra_env={"REDIS_URL": redis.url})
+            servers.append(shared)
+            shared.start("/livez")
+            r_path, r_status, _, r_body = choose_route(shared.url(""))
+            if (r_path, r_status) != (path, status) or len(r_body) != len(body):
+                raise BenchError("the service with REDIS_URL does not serve the same route and size")
+            variants["redis"] = Variant("redis", shared)
+        if "gzip" in selected:
+            g_status, g_headers, g_body = fetch(service.url(path), headers={"Accept-Encoding": "gzip"})
+            if g_status != 200 or g_headers.get("content-encoding") != "gzip":
+                raise BenchError(f"GET {path} with Accept-Encoding: gzip was not compressed ({g_status})")
+            sizes["gzip"] = len(g_body)
+            print(f"  gzip: {len(g_body)} bytes against {len(body)} ({len(g_body) / len(body):.1%})")
+            variants["gzip"] = Variant("gzip", service, (GZIP,))
 
-        pair = (bare, service)
-        for server in pair:
-            server.check_alive()
-            run_wrk(server.url(path), args.warmup, args)
+        order = list(variants.values())
+        for variant in order:
+            variant.server.check_alive()
+            run_wrk(variant.server.url(path), args.warmup, args, variant.headers)
         before = requests_by_status(service)
 
+        # A-B-B-A: each round measures every variant twice, in mirrored order, so a drift on the
+        # machine during a round hits both sides of every pair alike.
         runs: list[dict[str, Any]] = []
         for i in range(1, args.runs + 1):
-            for server in pair:
-                runs.append(measure(server, path, i, args))
+            for half, sequence in enumerate((order, order[::-1])):
+                for variant in sequence:
+                    runs.append({**measure(variant, path, i, args), "half": half})
 
         after = requests_by_status(service)
         counted = {code: after.get(code, 0.0) - before.get(code, 0.0) for code in after}
@@ -444,6 +561,8 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for server in servers:
             server.stop()
+        if redis is not None:
+            redis.stop()
 
     access_lines = count_access_lines(service.log_path)
     if args.keep_tmp:
@@ -451,17 +570,12 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    summary: dict[str, Any] = {
-        "loop": loop,
-        "route": path,
-        "body_bytes": len(body),
-        "bare_headers": args.bare_headers,
-        "runs": runs,
-    }
-    for name in ("bare", "service"):
+    summary: dict[str, Any] = {"loop": loop, "route": path, "body_bytes": sizes, "runs": runs, "variants": {}}
+    for name in variants:
         mine = [r for r in runs if r["server"] == name]
-        summary[name] = {
+        summary["variants"][name] = {
             "rps": median([r["rps"] for r in mine]),
+            "cpu_us_per_request": median([r["cpu_us_per_request"] for r in mine]),
             "p50_ms": median([r["p50_ms"] for r in mine]),
             "p99_ms": median([r["p99_ms"] for r in mine]),
             "p99_min_ms": min(r["p99_ms"] for r in mine),
@@ -471,11 +585,23 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
             "other_load": median([r["other_load"] for r in mine]),
             "noisy_runs": sum(r["other_load"] > NOISY for r in mine),
             "retried_runs": sum(r["attempts"] > 1 for r in mine),
+            "measurements": len(mine),
         }
-    summary["rps_ratio"] = summary["service"]["rps"] / summary["bare"]["rps"]
-    summary["p99_ratio"] = summary["service"]["p99_ms"] / summary["bare"]["p99_ms"]
-    summary["rps_pass"] = summary["rps_ratio"] >= MIN_RPS_RATIO
-    summary["p99_pass"] = summary["p99_ratio"] <= MAX_P99_RATIO
+    summary["comparisons"] = []
+    for c in comparisons:
+        rps = pair_ratios(runs, c, "rps")
+        p99 = pair_ratios(runs, c, "p99_ms")
+        cpu = pair_ratios(runs, c, "cpu_us_per_request")
+        result = {
+            **asdict(c),
+            "rps_ratio": median(rps),
+            "rps_ratios": rps,
+            "p99_ratio": median(p99),
+            "cpu_ratio": median(cpu),
+        }
+        result["rps_pass"] = result["rps_ratio"] >= c.min_rps_ratio
+        result["p99_pass"] = c.max_p99_ratio is None or result["p99_ratio"] <= c.max_p99_ratio
+        summary["comparisons"].append(result)
     summary["service_counted_by_status"] = {str(k): v for k, v in sorted(counted.items())}
     summary["access_log_lines"] = access_lines
     summary["broken"] = [
@@ -487,40 +613,57 @@ def compare(loop: str, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def check_baseline(
+    bare: Server, path: str, status: int, headers: dict[str, str], body: bytes, same_headers: bool
+) -> None:
+    """The baseline serves the service's status, bytes and content type, and lacks exactly what it should."""
+    b_status, b_headers, b_body = fetch(bare.url(path))
+    if (b_status, b_body, b_headers.get("content-type")) != (status, body, headers.get("content-type")):
+        raise BenchError(f"{bare.name} does not serve the same status, bytes and content type")
+    missing = sorted(set(headers) - set(b_headers))
+    expected = sorted(["x-request-id", *([] if same_headers else SECURITY_HEADER_NAMES)])
+    if missing != expected:
+        raise BenchError(f"{bare.name} should lack only {expected} of the service's headers, it lacks {missing}")
+
+
 # --- report --------------------------------------------------------------------------------
 
 
 def table(s: dict[str, Any], args: argparse.Namespace) -> str:
-    b, v = s["bare"], s["service"]
     ok = {True: "PASS", False: "FAIL"}
+    sizes = ", ".join(f"{k} {v} bytes" for k, v in s["body_bytes"].items())
     lines = [
-        f"loop={s['loop']}  route=GET {s['route']} ({s['body_bytes']} bytes)  "
-        f"{args.runs} runs x {args.duration} s, wrk -t{args.threads} -c{args.connections}, medians",
-        "baseline: bare Starlette sending "
-        + (
-            "the same headers but the request id (security headers included)"
-            if s["bare_headers"] == "same"
-            else "only the route's own headers (no security headers)"
-        ),
+        f"loop={s['loop']}  route=GET {s['route']} ({sizes})",
+        f"{args.runs} A-B-B-A rounds x {args.duration} s per measurement, wrk -t{args.threads} -c{args.connections}; "
+        "medians; ratios are medians of per-pair ratios",
         "",
-        "| server  |   req/s | p50 ms | p99 ms | p99 min-max ms | max ms | other load | noisy runs |",
-        "|---------|--------:|-------:|-------:|---------------:|-------:|-----------:|-----------:|",
+        "| server  |   req/s | CPU us/req | p50 ms | p99 ms | p99 min-max ms | max ms | other load | noisy |",
+        "|---------|--------:|-----------:|-------:|-------:|---------------:|-------:|-----------:|------:|",
     ]
-    for name, m in (("bare", b), ("service", v)):
+    for name, m in s["variants"].items():
         lines.append(
-            f"| {name:<7} | {m['rps']:7.0f} | {m['p50_ms']:6.2f} | {m['p99_ms']:6.2f} "
-            f"| {m['p99_min_ms']:6.2f}-{m['p99_max_ms']:<7.2f} | {m['max_ms']:6.1f} "
-            f"| {m['other_load']:10.0%} | {m['noisy_runs']:>4} of {args.runs:<3} |"
+            f"| {name:<7} | {m['rps']:7.0f} | {m['cpu_us_per_request']:10.1f} "
+            f"| {m['p50_ms']:6.2f} | {m['p99_ms']:6.2f} | {m['p99_min_ms']:6.2f}-{m['p99_max_ms']:<7.2f} "
+            f"| {m['max_ms']:6.1f} "
+            f"| {m['other_load']:10.0%} | {m['noisy_runs']:>2}/{m['measurements']:<2} |"
         )
-    lines += [
-        "",
-        f"service/bare req/s {s['rps_ratio']:.3f} (target >= {MIN_RPS_RATIO:.2f}) {ok[s['rps_pass']]}",
-        f"service/bare p99   {s['p99_ratio']:.3f} (target <= {MAX_P99_RATIO:.2f}) {ok[s['p99_pass']]}",
+    lines.append("")
+    for c in s["comparisons"]:
+        spread = f"{min(c['rps_ratios']):.3f}-{max(c['rps_ratios']):.3f}"
+        line = (
+            f"{c['candidate']}/{c['baseline']} ({c['what']}): req/s {c['rps_ratio']:.3f} "
+            f"(pairs {spread}; target >= {c['min_rps_ratio']:.2f}) {ok[c['rps_pass']]}; "
+            f"CPU/req {c['cpu_ratio']:.3f}; p99 {c['p99_ratio']:.3f}"
+        )
+        if c["max_p99_ratio"] is not None:
+            line += f" (target <= {c['max_p99_ratio']:.2f}) {ok[c['p99_pass']]}"
+        lines.append(line)
+    lines.append(
         f"service counted by status during the runs: {s['service_counted_by_status']}; "
-        f"access log lines written: {s['access_log_lines']}; "
-        f"runs repeated because the machine was busy: bare {b['retried_runs']}, service {v['retried_runs']}",
-    ]
-    if b["noisy_runs"] or v["noisy_runs"]:
+        f"access log lines written: {s['access_log_lines']}; runs repeated because the machine was busy: "
+        + ", ".join(f"{name} {m['retried_runs']}" for name, m in s["variants"].items())
+    )
+    if any(m["noisy_runs"] for m in s["variants"].values()):
         lines.append(
             f"WARNING: other processes took more than {NOISY:.0%} of cpu{args.server_cpu} in some runs; "
             "the numbers carry their noise"
@@ -566,11 +709,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run servers and wrk at this niceness, and their sessions' autogroups (negative needs root; default 0)",
     )
     parser.add_argument(
-        "--bare-headers",
-        choices=("same", "route"),
-        default="same",
-        help="the baseline sends the service's bytes but the request id header (same, default: the gap is "
-        "observability), or only the route's own headers (route: the service pays for its security headers too)",
+        "--compare",
+        default="baselines",
+        help="comma-separated: baselines (the service against bare Starlette with the same bytes and headers, "
+        "and against plain Starlette with only the route's headers), redis (REDIS_URL set against the embedded "
+        "state; needs redis-server), gzip (Accept-Encoding: gzip against none), or all (default: baselines)",
     )
     parser.add_argument("--json", type=Path, help="write raw results (every run, wrk output) here")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory with the logs")
@@ -580,6 +723,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be between 1 and 3600")
     if args.retries < 0 or args.retries > 10 or not 0 <= args.quiet_wait <= 600:
         parser.error("--retries must be 0-10 and --quiet-wait 0-600 seconds")
+    args.compare = list(COMPARISONS) if args.compare == "all" else [c.strip() for c in args.compare.split(",")]
+    if not args.compare or any(c not in COMPARISONS for c in args.compare):
+        parser.error("--compare takes a comma-separated list of " + ", ".join(COMPARISONS) + ", or all")
     cpus = os.sched_getaffinity(0)
     if args.server_cpu == args.wrk_cpu or not {args.server_cpu, args.wrk_cpu} <= cpus:
         parser.error(f"--server-cpu and --wrk-cpu must be two different CPUs of {sorted(cpus)}")
@@ -602,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for loop in loops:
             print(f"\n== loop {loop} ==")
-            results.append(compare(loop, args))
+            results.append(compare(loop, args.compare, args))
     except BenchError as exc:
         print(f"\nbench: BROKEN: {exc}", file=sys.stderr)
         return EXIT_BROKEN
@@ -622,11 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     if broken:
         print("bench: BROKEN runs, the numbers above are not valid:", *broken, sep="\n  ", file=sys.stderr)
         return EXIT_BROKEN
-    if len(results) > 1:
-        for s in results:
-            spread = s["service"]["p99_max_ms"] / s["service"]["p99_min_ms"]
-            print(f"{s['loop']:<8} service p99 spread max/min {spread:.2f}, req/s {s['service']['rps']:.0f}")
-    passed = all(s["rps_pass"] and s["p99_pass"] for s in results)
+    passed = all(c["rps_pass"] and c["p99_pass"] for s in results for c in s["comparisons"])
     print("\nbench:", "PASS" if passed else "FAIL", "against the targets")
     return 0 if passed else EXIT_TARGET_MISSED
 

@@ -11,7 +11,7 @@ import sys
 import httpx
 
 from bench.bare_app import create_app, recorded
-from bench.run import choose_route, parse_wrk
+from bench.run import COMPARISONS, Comparison, choose_route, pair_ratios, parse_wrk
 from tests.support import ROOT, ServiceProcess
 
 WRK_OUTPUT = """\
@@ -38,7 +38,34 @@ def test_run_help_works() -> None:
         [sys.executable, "bench/run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert "--loop" in done.stdout and "--json" in done.stdout
+    assert "--loop" in done.stdout and "--json" in done.stdout and "--compare" in done.stdout
+
+
+def test_unknown_comparison_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", "--compare", "nonsense"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "--compare" in done.stderr
+
+
+def test_ratios_are_taken_per_pair_in_both_halves_of_a_round() -> None:
+    """A-B-B-A: each half of a round gives one candidate/baseline pair; the median is over the pairs."""
+    runs = [
+        {"run": 1, "half": 0, "server": "service", "rps": 90.0},
+        {"run": 1, "half": 0, "server": "bare", "rps": 100.0},
+        {"run": 1, "half": 1, "server": "bare", "rps": 50.0},  # the machine slowed down: both halves of
+        {"run": 1, "half": 1, "server": "service", "rps": 40.0},  # this pair alike, so the ratio still reads
+        {"run": 2, "half": 0, "server": "service", "rps": 85.0},
+        {"run": 2, "half": 0, "server": "bare", "rps": 100.0},
+    ]
+    ratios = pair_ratios(runs, Comparison("service", "bare", 0.8, None, "test"), "rps")
+    assert ratios == [0.9, 0.8, 0.85]
+    assert set(COMPARISONS) == {"baselines", "redis", "gzip"}
 
 
 def test_parse_wrk_reads_every_figure_and_error() -> None:
