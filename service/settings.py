@@ -157,27 +157,10 @@ def matching(regex: str, expected: str, *, max_len: int = 512) -> Callable[[str]
     return parse
 
 
-def integer(minimum: int, maximum: int) -> Callable[[str], int]:
-    expected = f"an integer from {minimum} to {maximum}"
-
-    def parse(raw: str) -> int:
+def _bounded(convert: Callable[[str], Any], minimum: float, maximum: float, expected: str) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
         try:
-            value = int(raw, 10)
-        except ValueError:
-            raise Expected(expected) from None
-        if not minimum <= value <= maximum:
-            raise Expected(expected)
-        return value
-
-    return parse
-
-
-def number(minimum: float, maximum: float) -> Callable[[str], float]:
-    expected = f"a number from {minimum:g} to {maximum:g}"
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
             raise Expected(expected) from None
         if not minimum <= value <= maximum:  # also rejects nan
@@ -185,6 +168,14 @@ def number(minimum: float, maximum: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def integer(minimum: int, maximum: int) -> Callable[[str], int]:
+    return _bounded(lambda raw: int(raw, 10), minimum, maximum, f"an integer from {minimum} to {maximum}")
+
+
+def number(minimum: float, maximum: float) -> Callable[[str], float]:
+    return _bounded(float, minimum, maximum, f"a number from {minimum:g} to {maximum:g}")
 
 
 def boolean(raw: str) -> bool:
@@ -223,9 +214,8 @@ def comma_list(valid: Callable[[str], bool], expected: str) -> Callable[[str], t
 
 
 def http_url(raw: str) -> str:
-    if len(raw) > 512 or not _printable(raw) or not raw.startswith(("http://", "https://")) or len(raw) < 9:
-        raise Expected("an http:// or https:// URL without query or fragment")
-    if any(c in raw for c in " ?#"):
+    valid = 9 <= len(raw) <= 512 and _printable(raw) and not any(c in raw for c in " ?#")
+    if not valid or not raw.startswith(("http://", "https://")):
         raise Expected("an http:// or https:// URL without query or fragment")
     return raw.rstrip("/")
 
@@ -429,7 +419,8 @@ ProjectSettingsParser = Callable[[Mapping[str, str], "Settings"], Any]
 
 def env_str(env: Mapping[str, str], name: str, default: str | None = None, *, max_len: int = 4096) -> str | None:
     """One ad-hoc string variable, for a project too small to declare a settings class (tests' demo)."""
-    return Var(name, text(max_len), default, "").read(env, Settings())  # type: ignore[no-any-return]
+    value: str | None = Var(name, text(max_len), default, "").read(env, Settings())
+    return value
 
 
 def load_settings(
