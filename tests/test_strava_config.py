@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ FULL = {
     "STRAVA_REQUEST_TIMEOUT_SECONDS": "2.5",
     "STRAVA_CONNECT_TIMEOUT_SECONDS": "0.5",
     "STRAVA_BUDGET_RESERVE": "3",
+    "STRAVA_PRIVACY_TRIM_METERS": "0",
+    "STRAVA_DEMO_PAGE": "yes",
 }
 SECRET_NAMES = ("STRAVA_CLIENT_SECRET", "STRAVA_REFRESH_TOKEN", "STRAVA_WEBHOOK_VERIFY_TOKEN", "STRAVA_ADMIN_API_KEY")
 
@@ -36,7 +39,7 @@ def test_defaults_without_any_variable(tmp_path: Path) -> None:
     parsed = parse_settings({}, Settings(data_dir=tmp_path))
     assert parsed.client_id is None and parsed.client_secret is None and parsed.refresh_token is None
     assert parsed.configured is False
-    assert parsed.api_url == "https://www.strava.com/api/v3"
+    assert parsed.api_url == "https://www.api-v3.strava.com"  # Strava's base from 1 June 2027
     assert parsed.oauth_url == "https://www.strava.com/oauth"
     assert parsed.token_file == tmp_path / "strava" / "tokens.json"
     assert parsed.has_token_file is False
@@ -46,8 +49,11 @@ def test_defaults_without_any_variable(tmp_path: Path) -> None:
     assert parsed.budget_reserve == 10
     assert parsed.webhook_subscription_id is None
     assert parsed.admin_api_key is None and parsed.webhook_verify_token is None
+    assert parsed.privacy_trim_meters == 200
+    assert parsed.demo_page is False
     assert parsed.sandbox is False
     assert parsed.secrets() == ()
+    assert parsed == StravaSettings(token_file=tmp_path / "strava" / "tokens.json")  # one set of defaults
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -65,6 +71,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert (parsed.cache_max_entries, parsed.cache_max_bytes) == (100, 1048576)
     assert (parsed.request_timeout_seconds, parsed.connect_timeout_seconds) == (2.5, 0.5)
     assert parsed.budget_reserve == 3
+    assert (parsed.privacy_trim_meters, parsed.demo_page) == (0, True)
     assert parsed.configured is True
     assert set(parsed.secrets()) == {FULL[name] for name in SECRET_NAMES}
 
@@ -85,6 +92,26 @@ def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:
         assert FULL[name] not in text
 
 
+def test_the_old_api_base_stays_settable(tmp_path: Path) -> None:
+    parsed = parse_settings({"STRAVA_API_URL": "https://www.strava.com/api/v3"}, Settings(data_dir=tmp_path))
+    assert parsed.api_url == config_module.LEGACY_API_URL == "https://www.strava.com/api/v3"
+
+
+def test_sandbox_constants_are_the_simulators_defaults() -> None:
+    sim = SimulatorConfig()
+    assert config_module.SANDBOX_CLIENT_ID == sim.client_id == "sim-client"
+    assert config_module.SANDBOX_CLIENT_SECRET == sim.client_secret == "sim-secret"
+    assert config_module.SANDBOX_REFRESH_TOKEN == sim.initial_refresh_token == "sim-refresh-0"
+
+
+def test_the_settings_module_does_not_import_the_simulator() -> None:
+    # Production reads these settings and never runs the sandbox: the simulator stays out of it.
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert imported and not [name for name in imported if "simulator" in name]
+
+
 def test_sandbox_defaults_to_the_simulator(tmp_path: Path) -> None:
     sim = SimulatorConfig()
     parsed = parse_settings({}, Settings(data_dir=tmp_path, sandbox=True))
@@ -97,10 +124,13 @@ def test_sandbox_defaults_to_the_simulator(tmp_path: Path) -> None:
     assert parsed.admin_api_key == "sandbox-admin-key"
     assert parsed.webhook_verify_token == "sandbox-verify-token"
     assert parsed.sandbox is True and parsed.configured is True
+    assert parsed.demo_page is True  # a newcomer's first run shows the widget
     # Explicit values still win in the sandbox.
     parsed = parse_settings(FULL, Settings(data_dir=tmp_path, sandbox=True))
     assert parsed.admin_api_key == FULL["STRAVA_ADMIN_API_KEY"]
     assert parsed.client_secret == FULL["STRAVA_CLIENT_SECRET"]
+    parsed = parse_settings({"STRAVA_DEMO_PAGE": "off"}, Settings(data_dir=tmp_path, sandbox=True))
+    assert parsed.demo_page is False
 
 
 @pytest.mark.parametrize(
@@ -128,6 +158,12 @@ def test_sandbox_defaults_to_the_simulator(tmp_path: Path) -> None:
         ("STRAVA_CONNECT_TIMEOUT_SECONDS", "-3"),
         ("STRAVA_BUDGET_RESERVE", "ten"),
         ("STRAVA_TOKEN_FILE", "bad\x01path"),
+        ("STRAVA_PRIVACY_TRIM_METERS", "-1"),
+        ("STRAVA_PRIVACY_TRIM_METERS", "5001"),
+        ("STRAVA_PRIVACY_TRIM_METERS", "200m"),
+        ("STRAVA_PRIVACY_TRIM_METERS", "0.5"),
+        ("STRAVA_DEMO_PAGE", "maybe"),
+        ("STRAVA_DEMO_PAGE", "2"),
     ],
 )
 def test_malformed_values_name_the_variable_not_the_value(tmp_path: Path, name: str, value: str) -> None:

@@ -1,70 +1,160 @@
-"""strava-integration settings: every STRAVA_* variable, read once at start-up.
+"""strava-integration settings: every STRAVA_* variable, declared once, read once at start-up.
 
 Missing credentials are not an error: the project then reports itself unconfigured. Malformed
 values are, and the `ConfigError` names the variable, never the value (it may be a secret).
+The declarations work as in `service.settings`: one `var()` per field, the rest derived.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from service.projects.strava_integration.simulator.config import SimulatorConfig
-from service.settings import ConfigError, Settings, env_float, env_int, env_str
+from service.settings import (
+    ConfigError,
+    Settings,
+    boolean,
+    http_url,
+    integer,
+    matching,
+    number,
+    path,
+    read_vars,
+    secret_values,
+    var,
+    variables,
+)
 
-DEFAULT_API_URL = "https://www.strava.com/api/v3"
+DEFAULT_API_URL = "https://www.api-v3.strava.com"  # Strava's API base from 1 June 2027
+LEGACY_API_URL = "https://www.strava.com/api/v3"  # the base before; still settable
 DEFAULT_OAUTH_URL = "https://www.strava.com/oauth"
+# The sandbox's credentials: the simulator's defaults, written out so that production, which never
+# runs the sandbox, need not import the simulator (tests/test_strava_config.py checks they agree).
+SANDBOX_CLIENT_ID = "sim-client"
+SANDBOX_CLIENT_SECRET = "sim-secret"  # noqa: S105 - only valid against the simulator
+SANDBOX_REFRESH_TOKEN = "sim-refresh-0"  # noqa: S105 - the simulator's one valid refresh token at start
 SANDBOX_ADMIN_API_KEY = "sandbox-admin-key"  # only unlocks the sandbox's admin routes
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105 - only valid against the simulator
 ADMIN_KEY_MIN_LEN = 16
 MIB = 1024 * 1024
 
-# What README documents; a test checks that the two agree.
-DOCUMENTED: tuple[str, ...] = (
-    "STRAVA_CLIENT_ID",
-    "STRAVA_CLIENT_SECRET",
-    "STRAVA_REFRESH_TOKEN",
-    "STRAVA_API_URL",
-    "STRAVA_OAUTH_URL",
-    "STRAVA_WEBHOOK_VERIFY_TOKEN",
-    "STRAVA_WEBHOOK_SUBSCRIPTION_ID",
-    "STRAVA_ADMIN_API_KEY",
-    "STRAVA_TOKEN_FILE",
-    "STRAVA_CACHE_TTL_SECONDS",
-    "STRAVA_CACHE_STALE_SECONDS",
-    "STRAVA_CACHE_MAX_ENTRIES",
-    "STRAVA_CACHE_MAX_BYTES",
-    "STRAVA_REQUEST_TIMEOUT_SECONDS",
-    "STRAVA_CONNECT_TIMEOUT_SECONDS",
-    "STRAVA_BUDGET_RESERVE",
-)
-
 # Strava's client ids are digits; the simulator's is a short slug. Either way: no spaces, no URL syntax.
-_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces: survives a form body and a header
+_client_id = matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "the numeric client id of the Strava application")
+
+
+def _token(min_len: int = 1) -> Callable[[str], str]:
+    # Printable ASCII without spaces: survives a form body and a header.
+    return matching(rf"[\x21-\x7e]{{{min_len},}}", f"at least {min_len} printable characters without spaces")
+
+
+def _in_sandbox(value: str) -> Callable[[Settings], str | None]:
+    return lambda settings: value if settings.sandbox else None
+
+
+def _token_file(settings: Settings) -> Path:
+    return settings.data_dir / "strava" / ("sandbox-tokens.json" if settings.sandbox else "tokens.json")
 
 
 @dataclass(frozen=True, slots=True)
 class StravaSettings:
-    client_id: str | None = None
-    client_secret: str | None = field(default=None, repr=False)
-    refresh_token: str | None = field(default=None, repr=False)  # the initial token, from the environment
-    api_url: str = DEFAULT_API_URL
-    oauth_url: str = DEFAULT_OAUTH_URL
-    webhook_verify_token: str | None = field(default=None, repr=False)
-    admin_api_key: str | None = field(default=None, repr=False)
-    token_file: Path = Path("data/strava/tokens.json")
+    client_id: str | None = var(
+        "STRAVA_CLIENT_ID", _client_id, None, "Strava API application id", default_for=_in_sandbox(SANDBOX_CLIENT_ID)
+    )
+    client_secret: str | None = var(
+        "STRAVA_CLIENT_SECRET",
+        _token(),
+        None,
+        "its secret (required when `STRAVA_CLIENT_ID` is set)",
+        secret=True,
+        default_for=_in_sandbox(SANDBOX_CLIENT_SECRET),
+    )
+    refresh_token: str | None = var(  # the initial token, from the environment
+        "STRAVA_REFRESH_TOKEN",
+        _token(),
+        None,
+        "the initial refresh token; once rotated, the persisted one wins",
+        secret=True,
+        default_for=_in_sandbox(SANDBOX_REFRESH_TOKEN),
+    )
+    api_url: str = var(
+        "STRAVA_API_URL",
+        http_url,
+        DEFAULT_API_URL,
+        f"API base URL (Strava's from 1 June 2027; the old `{LEGACY_API_URL}` stays settable)",
+    )
+    oauth_url: str = var("STRAVA_OAUTH_URL", http_url, DEFAULT_OAUTH_URL, "OAuth base URL")
+    webhook_verify_token: str | None = var(
+        "STRAVA_WEBHOOK_VERIFY_TOKEN",
+        _token(),
+        None,
+        "token Strava echoes when validating the webhook subscription",
+        secret=True,
+        default_for=_in_sandbox(SANDBOX_VERIFY_TOKEN),
+    )
+    webhook_subscription_id: int | None = var(
+        "STRAVA_WEBHOOK_SUBSCRIPTION_ID",
+        integer(1, 2**63 - 1),
+        None,
+        "when set, events for other subscriptions are ignored",
+    )
+    admin_api_key: str | None = var(
+        "STRAVA_ADMIN_API_KEY",
+        _token(ADMIN_KEY_MIN_LEN),
+        None,
+        f"`X-API-Key` for admin routes ({ADMIN_KEY_MIN_LEN}+ characters)",
+        secret=True,
+        doc_default="unset (admin routes off)",
+        default_for=_in_sandbox(SANDBOX_ADMIN_API_KEY),
+    )
+    token_file: Path = var(  # noqa: RUF009 - var() is a field(); its default, a Path, is immutable
+        "STRAVA_TOKEN_FILE",
+        path(),
+        Path("data/strava/tokens.json"),
+        "where the newest token set is persisted (0600, atomic)",
+        doc_default="`$DATA_DIR/strava/tokens.json`",
+        default_for=_token_file,
+    )
+    cache_ttl_seconds: int = var("STRAVA_CACHE_TTL_SECONDS", integer(5, 86400), 300, "how long cached data is fresh")
+    cache_stale_seconds: int = var(
+        "STRAVA_CACHE_STALE_SECONDS",
+        integer(0, 30 * 86400),
+        86400,
+        "how long stale data may be served while refreshing or when Strava fails",
+    )
+    cache_max_entries: int = var("STRAVA_CACHE_MAX_ENTRIES", integer(1, 1_000_000), 512, "cache entry bound")
+    cache_max_bytes: int = var("STRAVA_CACHE_MAX_BYTES", integer(64 * 1024, 4096 * MIB), 16 * MIB, "cache size bound")
+    request_timeout_seconds: float = var(
+        "STRAVA_REQUEST_TIMEOUT_SECONDS",
+        number(0.1, 120),
+        10.0,
+        "overall deadline per upstream call, retries included",
+    )
+    connect_timeout_seconds: float = var(
+        "STRAVA_CONNECT_TIMEOUT_SECONDS", number(0.1, 60), 3.0, "connect timeout for each upstream attempt"
+    )
+    budget_reserve: int = var(
+        "STRAVA_BUDGET_RESERVE",
+        integer(0, 10_000),
+        10,
+        "requests kept unused per 15-minute window (×10 per day)",  # noqa: RUF001 - README's sign
+    )
+    privacy_trim_meters: int = var(
+        "STRAVA_PRIVACY_TRIM_METERS",
+        integer(0, 5000),
+        200,
+        "radius of a privacy circle around each route's true start and end: no point inside one leaves the"
+        " service (0 = off)",
+    )
+    demo_page: bool = var(
+        "STRAVA_DEMO_PAGE",
+        boolean,
+        False,
+        "serve the widget's demo page at `/api/strava-integration/demo`",
+        doc_default="`false` (`true` in the sandbox)",
+        default_for=lambda settings: settings.sandbox,
+    )
     has_token_file: bool = False  # checked once at parse time, so `configured` does no I/O
-    cache_ttl_seconds: int = 300
-    cache_stale_seconds: int = 86400
-    cache_max_entries: int = 512
-    cache_max_bytes: int = 16 * MIB
-    request_timeout_seconds: float = 10.0
-    connect_timeout_seconds: float = 3.0
-    budget_reserve: int = 10
-    webhook_subscription_id: int | None = None
     sandbox: bool = False
 
     @property
@@ -73,79 +163,32 @@ class StravaSettings:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value set, for the log redactor."""
-        values = (self.client_secret, self.refresh_token, self.webhook_verify_token, self.admin_api_key)
-        return tuple(v for v in values if v)
+        return secret_values(self)
 
 
-def _url(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env_str(env, name, default, max_len=512) or default
-    if not value.startswith(("http://", "https://")) or any(c in value for c in " ?#") or len(value) < 9:
-        raise ConfigError(name, "an http:// or https:// URL without query or fragment")
-    return value.rstrip("/")
+# What README documents, derived from the declarations.
+DOCUMENTED: tuple[str, ...] = tuple(v.name for v in variables(StravaSettings))
 
 
-def _token(env: Mapping[str, str], name: str, default: str | None, *, min_len: int = 1) -> str | None:
-    value = env_str(env, name, max_len=512)
-    if value is None:
-        return default
-    if len(value) < min_len or not _TOKEN.fullmatch(value):
-        raise ConfigError(name, f"at least {min_len} printable characters without spaces")
-    return value
-
-
-def _client_id(env: Mapping[str, str], default: str | None) -> str | None:
-    value = env_str(env, "STRAVA_CLIENT_ID", max_len=64)
-    if value is None:
-        return default
-    if not _CLIENT_ID.fullmatch(value):
-        raise ConfigError("STRAVA_CLIENT_ID", "the numeric client id of the Strava application")
-    return value
-
-
-def _subscription_id(env: Mapping[str, str]) -> int | None:
-    if env_str(env, "STRAVA_WEBHOOK_SUBSCRIPTION_ID") is None:
-        return None
-    return env_int(env, "STRAVA_WEBHOOK_SUBSCRIPTION_ID", 0, minimum=1, maximum=2**63 - 1)
-
-
-def parse_settings(env: Mapping[str, str], settings: Settings) -> StravaSettings:
-    sandbox = settings.sandbox
-    sim = SimulatorConfig() if sandbox else None
-    token_file_default = settings.data_dir / "strava" / ("sandbox-tokens.json" if sandbox else "tokens.json")
-    token_file = Path(env_str(env, "STRAVA_TOKEN_FILE", max_len=1024) or token_file_default)
-    try:
-        has_token_file = token_file.is_file()
-    except OSError:  # e.g. a parent directory we may not read: the token manager reports it later
-        has_token_file = False
-    cache_ttl = env_int(env, "STRAVA_CACHE_TTL_SECONDS", 300, minimum=5, maximum=86400)
-    client_id = _client_id(env, sim.client_id if sim else None)
-    client_secret = _token(env, "STRAVA_CLIENT_SECRET", sim.client_secret if sim else None)
+def _check_credentials(settings: StravaSettings) -> None:
     # Half a credential is a typo, not "unconfigured": stop rather than run without Strava.
-    if client_secret and not client_id:
+    if settings.client_secret and not settings.client_id:
         raise ConfigError("STRAVA_CLIENT_ID", "the Strava application id (required when STRAVA_CLIENT_SECRET is set)")
-    if client_id and not client_secret:
+    if settings.client_id and not settings.client_secret:
         raise ConfigError(
             "STRAVA_CLIENT_SECRET", "the Strava application secret (required when STRAVA_CLIENT_ID is set)"
         )
-    return StravaSettings(
-        client_id=client_id,
-        client_secret=client_secret,
-        refresh_token=_token(env, "STRAVA_REFRESH_TOKEN", sim.initial_refresh_token if sim else None),
-        api_url=_url(env, "STRAVA_API_URL", DEFAULT_API_URL),
-        oauth_url=_url(env, "STRAVA_OAUTH_URL", DEFAULT_OAUTH_URL),
-        webhook_verify_token=_token(env, "STRAVA_WEBHOOK_VERIFY_TOKEN", SANDBOX_VERIFY_TOKEN if sandbox else None),
-        admin_api_key=_token(
-            env, "STRAVA_ADMIN_API_KEY", SANDBOX_ADMIN_API_KEY if sandbox else None, min_len=ADMIN_KEY_MIN_LEN
-        ),
-        token_file=token_file,
-        has_token_file=has_token_file,
-        cache_ttl_seconds=cache_ttl,
-        cache_stale_seconds=env_int(env, "STRAVA_CACHE_STALE_SECONDS", 86400, minimum=0, maximum=30 * 86400),
-        cache_max_entries=env_int(env, "STRAVA_CACHE_MAX_ENTRIES", 512, minimum=1, maximum=1_000_000),
-        cache_max_bytes=env_int(env, "STRAVA_CACHE_MAX_BYTES", 16 * MIB, minimum=64 * 1024, maximum=4096 * MIB),
-        request_timeout_seconds=env_float(env, "STRAVA_REQUEST_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=120),
-        connect_timeout_seconds=env_float(env, "STRAVA_CONNECT_TIMEOUT_SECONDS", 3.0, minimum=0.1, maximum=60),
-        budget_reserve=env_int(env, "STRAVA_BUDGET_RESERVE", 10, minimum=0, maximum=10_000),
-        webhook_subscription_id=_subscription_id(env),
-        sandbox=sandbox,
-    )
+
+
+def _has_file(token_file: Path) -> bool:
+    try:
+        return token_file.is_file()
+    except OSError:  # e.g. a parent directory we may not read: the token manager reports it later
+        return False
+
+
+def parse_settings(env: Mapping[str, str], settings: Settings) -> StravaSettings:
+    values = read_vars(StravaSettings, env, settings)
+    parsed = StravaSettings(**values, has_token_file=_has_file(values["token_file"]), sandbox=settings.sandbox)
+    _check_credentials(parsed)
+    return parsed
