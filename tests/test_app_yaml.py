@@ -1,7 +1,13 @@
-"""The App Platform spec in .do/app.yaml: well-formed, consistent with the image, secrets kept secret."""
+"""The App Platform specs in .do/: well-formed, consistent with the image, secrets kept secret.
+
+`.do/app.yaml` is the single-instance default, `.do/app.scaled.yaml` the same service on two instances with a
+managed Valkey database; every check runs on both, and the scaled spec may differ from the default only by
+what scaling needs. Validation against DigitalOcean's published schema is in test_do_spec.py.
+"""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +16,14 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC_PATH = ROOT / ".do" / "app.yaml"
+DEFAULT_SPEC = ROOT / ".do" / "app.yaml"
+SCALED_SPEC = ROOT / ".do" / "app.scaled.yaml"
+SPECS = {"default": DEFAULT_SPEC, "scaled": SCALED_SPEC}
+# What a spec's one service runs on: (instance_size_slug, instance_count).
+INSTANCES = {"default": ("apps-s-1vcpu-0.5gb", 1), "scaled": ("apps-s-1vcpu-1gb", 2)}
+STORE_ENVS = ("REDIS_URL", "REDIS_CA_CERT")
+# App Platform's bindable variables of a database component, as the store's settings read them.
+STORE_BINDINGS = {"REDIS_URL": "DATABASE_URL", "REDIS_CA_CERT": "CA_CERT"}
 
 SECRETS = (
     "STRAVA_CLIENT_ID",
@@ -56,9 +69,24 @@ def load_spec(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def spec_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def spec() -> dict[str, Any]:
-    return load_spec(SPEC_PATH.read_text())
+def spec(spec_name: str) -> dict[str, Any]:
+    return load_spec(SPECS[spec_name].read_text())
+
+
+@pytest.fixture(scope="module")
+def default_spec() -> dict[str, Any]:
+    return load_spec(DEFAULT_SPEC.read_text())
+
+
+@pytest.fixture(scope="module")
+def scaled_spec() -> dict[str, Any]:
+    return load_spec(SCALED_SPEC.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +146,11 @@ def test_http_port_is_the_port_the_image_exposes(service: dict[str, Any]) -> Non
     assert exposed == [service["http_port"]]
 
 
-def test_instance_size(service: dict[str, Any]) -> None:
+def test_instance_size(spec_name: str, service: dict[str, Any]) -> None:
     slug = service["instance_size_slug"]
     assert not slug.startswith("basic-"), "basic-* slugs are the legacy sizes"
-    assert slug == "apps-s-1vcpu-0.5gb"
-    assert service["instance_count"] == 1
+    assert "autoscaling" not in service, "a fixed instance count; autoscaling needs the dedicated apps-d-* sizes"
+    assert (slug, service["instance_count"]) == INSTANCES[spec_name]
 
 
 @pytest.mark.parametrize(("probe", "path"), [("health_check", "/readyz"), ("liveness_health_check", "/livez")])
@@ -180,3 +208,39 @@ def test_component_alerts(service: dict[str, Any]) -> None:
         assert isinstance(alert["value"], int | float) and alert["value"] > 0, rule
         assert alert["window"] in ("FIVE_MINUTES", "TEN_MINUTES", "THIRTY_MINUTES", "ONE_HOUR"), rule
     assert alerts["CPU_UTILIZATION"]["value"] <= 100 and alerts["MEM_UTILIZATION"]["value"] <= 100
+
+
+# --- the scaled spec ------------------------------------------------------------------------------------------------
+
+
+def test_scaled_spec_is_the_default_plus_the_store(default_spec: dict[str, Any], scaled_spec: dict[str, Any]) -> None:
+    """Both specs describe one service: a setting changed in one and forgotten in the other fails here."""
+    reduced = copy.deepcopy(scaled_spec)
+    assert reduced.pop("databases"), "the scaled spec attaches a database"
+    (service,) = reduced["services"]
+    service["envs"] = [env for env in service["envs"] if env["key"] not in STORE_ENVS]
+    service["instance_size_slug"], service["instance_count"] = INSTANCES["default"]
+    assert reduced == default_spec
+    assert not any(env["key"] in STORE_ENVS for env in default_spec["services"][0]["envs"]), (
+        "the default spec runs the embedded store"
+    )
+
+
+def test_scaled_spec_attaches_a_production_valkey_cluster(scaled_spec: dict[str, Any]) -> None:
+    (database,) = scaled_spec["databases"]
+    assert database["engine"] == "VALKEY"
+    assert database["production"] is True, "App Platform's dev databases are PostgreSQL only"
+    # A production database is an existing cluster; the name is a placeholder like the repository's.
+    assert database["cluster_name"] == "your-valkey-cluster"
+    assert re.fullmatch(r"[a-z][a-z0-9-]{0,30}[a-z0-9]", database["name"])
+
+
+def test_scaled_spec_binds_the_store_to_the_database_component(scaled_spec: dict[str, Any]) -> None:
+    (database,) = scaled_spec["databases"]
+    envs = {env["key"]: env for env in scaled_spec["services"][0]["envs"]}
+    for key, variable in STORE_BINDINGS.items():
+        env = envs[key]
+        # Bound by App Platform at run time: no value typed by the operator, none committed.
+        assert env["value"] == f"${{{database['name']}.{variable}}}", key
+        assert env["scope"] == "RUN_TIME", key
+        assert env.get("type", "GENERAL") == "GENERAL", f"{key} is a bindable variable, not a SECRET typed in"

@@ -335,3 +335,20 @@ def test_scrape_exports_every_metric_the_dashboard_and_alerts_use(
         (source, name) for source, name in used if name not in SYNTHETIC_METRICS and family_of(name, families) is None
     )
     assert not missing, f"used but not exported by /metrics: {missing}"
+
+
+def test_store_row_shows_up_errors_latency_and_lock_waits(dashboard: dict) -> None:
+    titles = [panel["title"] for panel in dashboard["panels"]]
+    row = titles.index("Shared store")
+    exprs = [t["expr"] for panel in dashboard["panels"][row + 1 :] for t in panel.get("targets", [])]
+    used = {name for expr in exprs for name in promql_metric_names(expr)}
+    assert used == {
+        "siteapi_store_up",
+        "siteapi_store_operation_errors_total",
+        "siteapi_store_operation_duration_seconds_bucket",
+        "siteapi_store_operation_duration_seconds_count",
+        "siteapi_store_lock_wait_seconds_bucket",
+    }
+    quantiles = [e for e in exprs if e.startswith("histogram_quantile(")]
+    assert {q.split(",")[0] for q in quantiles} == {"histogram_quantile(0.99"}
+    assert any("sum by (le, operation)" in q for q in quantiles) and any("sum by (le, lock)" in q for q in quantiles)

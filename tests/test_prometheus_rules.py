@@ -26,6 +26,8 @@ EXPECTED_ALERTS = {
     "SiteapiStravaAuthFailing",
     "SiteapiStravaUpstreamErrors",
     "SiteapiStravaTokenRefreshFailures",
+    "SiteapiStoreDown",
+    "SiteapiStoreErrors",
 }
 
 
@@ -104,3 +106,10 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 def test_strava_auth_alert_points_at_reauthorization() -> None:
     (rule,) = [rule for rule in alert_rules() if rule["alert"] == "SiteapiStravaAuthFailing"]
     assert "/api/strava-integration/auth/start" in rule["annotations"]["description"]
+
+
+def test_store_down_alert_says_readiness_stays_up() -> None:
+    """The runbook must not send anyone chasing /readyz: it stays 200 while the store is down, by design."""
+    (rule,) = [rule for rule in alert_rules() if rule["alert"] == "SiteapiStoreDown"]
+    assert rule["expr"].strip() == "siteapi_store_up == 0"
+    assert "/readyz stays 200" in rule["annotations"]["description"]
