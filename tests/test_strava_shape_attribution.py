@@ -77,6 +77,16 @@ def test_device_name_is_null_when_strava_gives_none(absent: Any) -> None:
     assert item["attribution"] is None
 
 
+@pytest.mark.parametrize(
+    ("external_id", "credit"),
+    [("garmin_push_12345678901", "Garmin"), ("Garmin_Ping_42", "Garmin"), ("activity_1.fit", None), (7, None)],
+)
+def test_garmin_uploads_are_credited_without_a_device_name(external_id: Any, credit: str | None) -> None:
+    item = shape.summary(activity(device_name=None, external_id=external_id))
+    assert item["device_name"] is None
+    assert item["attribution"] == credit
+
+
 def test_missing_device_name_key() -> None:
     raw = activity()
     del raw["device_name"]
