@@ -23,9 +23,10 @@ from service.projects.strava_integration.config import StravaSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
 TAGS = ["strava-integration"]
-JAVASCRIPT = "text/javascript; charset=utf-8"
-HTML = "text/html; charset=utf-8"
-MEDIA_TYPES = {JAVASCRIPT: "text/javascript", HTML: "text/html"}  # as the OpenAPI spec names them
+JAVASCRIPT = "text/javascript"
+HTML = "text/html"
+TEXT_JAVASCRIPT = f"{JAVASCRIPT}; charset=utf-8"  # the Content-Type headers; the spec names the bare types
+TEXT_HTML = f"{HTML}; charset=utf-8"
 WIDGET_MAX_AGE = 300  # seconds: how long a site may run an old widget.js before revalidating
 IMMUTABLE = "public, max-age=31536000, immutable"
 VERSION_LENGTH = 16  # hex characters of the content hash in the versioned name
@@ -92,9 +93,9 @@ class DisabledDemo:
 def widget_routes(settings: StravaSettings, assets: Assets | None = None) -> list[Route]:
     assets = assets or load_assets()
     etag = etag_for(assets.widget)
-    current = Asset("widget", PreparedBody(assets.widget, etag, cache_control(WIDGET_MAX_AGE, 3600), JAVASCRIPT))
+    current = Asset("widget", PreparedBody(assets.widget, etag, cache_control(WIDGET_MAX_AGE, 3600), TEXT_JAVASCRIPT))
     pinned = VersionedAsset(
-        "widget_versioned", PreparedBody(assets.widget, etag, IMMUTABLE, JAVASCRIPT), assets.version
+        "widget_versioned", PreparedBody(assets.widget, etag, IMMUTABLE, TEXT_JAVASCRIPT), assets.version
     )
     # Until StravaSettings declares demo_page (STRAVA_DEMO_PAGE), it follows the sandbox.
     demo: Asset | DisabledDemo = DisabledDemo()
@@ -103,7 +104,7 @@ def widget_routes(settings: StravaSettings, assets: Assets | None = None) -> lis
             assets.demo,
             etag_for(assets.demo),
             "no-cache",
-            HTML,
+            TEXT_HTML,
             [(b"content-security-policy", assets.demo_csp.encode())],
         )
         demo = Asset("demo", page)
@@ -115,7 +116,7 @@ def widget_routes(settings: StravaSettings, assets: Assets | None = None) -> lis
                 "The <strava-activity-feed> widget (current version)",
                 responses=script,
                 tags=TAGS,
-                media_type=MEDIA_TYPES[JAVASCRIPT],
+                media_type=JAVASCRIPT,
             )(current),
             methods=["GET"],
         ),
@@ -125,7 +126,7 @@ def widget_routes(settings: StravaSettings, assets: Assets | None = None) -> lis
                 "The widget under its content-hashed name, cached for a year",
                 responses={**script, "404": "Not the current version"},
                 tags=TAGS,
-                media_type=MEDIA_TYPES[JAVASCRIPT],
+                media_type=JAVASCRIPT,
             )(pinned),
             methods=["GET"],
         ),
@@ -135,7 +136,7 @@ def widget_routes(settings: StravaSettings, assets: Assets | None = None) -> lis
                 "A page that shows the widget (STRAVA_DEMO_PAGE)",
                 responses={"200": "The page", "304": "Not modified (If-None-Match)", "404": "Demo page off"},
                 tags=TAGS,
-                media_type=MEDIA_TYPES[HTML],
+                media_type=HTML,
             )(demo),
             methods=["GET"],
         ),
