@@ -97,9 +97,8 @@ def widget_routes(settings: StravaSettings, assets: Assets | None = None) -> lis
     pinned = VersionedAsset(
         "widget_versioned", PreparedBody(assets.widget, etag, IMMUTABLE, TEXT_JAVASCRIPT), assets.version
     )
-    # Until StravaSettings declares demo_page (STRAVA_DEMO_PAGE), it follows the sandbox.
     demo: Asset | DisabledDemo = DisabledDemo()
-    if getattr(settings, "demo_page", settings.sandbox):
+    if settings.demo_page:
         page = PreparedBody(
             assets.demo,
             etag_for(assets.demo),
