@@ -17,6 +17,7 @@ from service.projects.strava_integration.polyline import decode_polyline, encode
 from service.projects.strava_integration.privacy import (
     ROUNDING_SLACK_M,
     Point,
+    TrimmedRoutes,
     _enforce,
     _margin,
     haversine_m,
@@ -70,7 +71,12 @@ def check(encoded: str, radius: float, pieces: Sequence[Sequence[Point]]) -> Non
             assert decode_polyline(encode_polyline([point])) == [point]  # on the grid: encoding cannot move it
         for a, b in itertools.pairwise(piece):
             assert a != b
-            for k in range(1, 40):  # no segment passes through a circle between its ends
+            # No segment passes through a circle between its ends. (One that stays further from a
+            # centre than its own length, plus the radius, cannot: those are not sampled.)
+            length = haversine_m(a, b) * 1.01 + 1
+            if all(min(haversine_m(a, c), haversine_m(b, c)) - length > radius for c in centres):
+                continue
+            for k in range(1, 40):
                 t = k / 40
                 sample = (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
                 assert min(haversine_m(sample, c) for c in centres) >= radius, (a, b, t)
@@ -235,3 +241,18 @@ def test_random_routes_anywhere(seed: int) -> None:
         check(encoded, radius, pieces)
         route = public_route(encoded, radius)
         assert (route is None) == (not pieces)
+
+
+def test_trimmed_routes_memo_returns_the_same_object_while_the_polyline_is_unchanged() -> None:
+    routes = TrimmedRoutes(200, max_entries=2, max_chars=10_000)
+    loop, eight = shape(LONDON, LOOP), shape(LONDON, FIGURE_EIGHT)
+    first = routes.get(loop)
+    assert first is not None and first.polylines == public_route(loop, 200).polylines  # type: ignore[union-attr]
+    assert routes.get("".join(list(loop))) is first  # an equal string from the next refresh
+    assert routes.get(eight) is not first
+    assert routes.get(None) is None and routes.get("_p~iF~ps|U_") is None  # remembered as nothing
+    assert len(routes.entries) == 2 and loop not in routes.entries  # least recently used went first
+    assert routes.get(loop) is not first  # trimmed again: a new object, equal content
+    assert routes.chars == sum(map(len, routes.entries))
+    small = TrimmedRoutes(200, max_chars=len(loop) - 1)
+    assert small.get(loop) is not None and not small.entries  # bigger than the bound: not kept

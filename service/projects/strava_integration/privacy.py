@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -190,12 +191,19 @@ def _length(piece: Sequence[Point]) -> float:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Route:
-    """What the API serves of one route. Compared by identity: one object per (polyline, radius)."""
+    """What the API serves of one route: encoded pieces and their bounds. Compared by identity.
 
-    pieces: tuple[tuple[Point, ...], ...]
+    It keeps only strings (points are decoded again on demand, for the rare SVG render), so a
+    memo of many routes stays small.
+    """
+
     polylines: tuple[str, ...]  # one encoded polyline per piece, in route order
     polyline: str  # the longest piece, for the single `summary_polyline` field
     bounds: Mapping[str, float]  # south, west, north, east of what remains
+
+    @property
+    def pieces(self) -> list[list[Point]]:
+        return [decode_polyline(p) for p in self.polylines]
 
     def as_map(self, field: str = "summary_polyline") -> dict[str, object]:
         return {field: self.polyline, "polylines": list(self.polylines), "bounds": dict(self.bounds)}
@@ -214,8 +222,42 @@ def public_route(encoded: object, radius_m: float) -> Route | None:
     if bounds is None:
         return None
     if radius_m <= 0:
-        # Unchanged, byte for byte: what Strava sent is what we serve.
-        return Route((tuple(points),), (encoded,), encoded, bounds)
+        return Route((encoded,), encoded, bounds)  # unchanged, byte for byte
     encoded_pieces = tuple(encode_polyline(p) for p in pieces)
     longest = max(range(len(pieces)), key=lambda i: _length(pieces[i]))  # the first of equals
-    return Route(tuple(tuple(p) for p in pieces), encoded_pieces, encoded_pieces[longest], bounds)
+    return Route(encoded_pieces, encoded_pieces[longest], bounds)
+
+
+class TrimmedRoutes:
+    """`public_route` at one radius, memoized by polyline, least recently used first out.
+
+    Each distinct polyline is trimmed once, not once per refresh or per request, and the same
+    `Route` object comes back while the polyline is unchanged: the SVG render cache keys on that
+    identity, so it stays warm across refreshes. Bounded in entries and in polyline characters.
+    """
+
+    def __init__(self, radius_m: float, *, max_entries: int = 2048, max_chars: int = 4_000_000) -> None:
+        self.radius_m = radius_m
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self.chars = 0
+        self.entries: OrderedDict[str, Route | None] = OrderedDict()
+
+    def get(self, encoded: object) -> Route | None:
+        if not isinstance(encoded, str):
+            return None
+        try:
+            route = self.entries[encoded]
+        except KeyError:
+            pass
+        else:
+            self.entries.move_to_end(encoded)
+            return route
+        route = public_route(encoded, self.radius_m)
+        if len(encoded) <= self.max_chars and self.max_entries > 0:
+            self.entries[encoded] = route
+            self.chars += len(encoded)
+            while len(self.entries) > self.max_entries or self.chars > self.max_chars:
+                evicted, _ = self.entries.popitem(last=False)
+                self.chars -= len(evicted)
+        return route
