@@ -56,19 +56,11 @@ class SvgParams:
 DEFAULTS = SvgParams()
 
 
+SIZE_SCHEMA = {"type": "integer", "minimum": SIZE_MIN, "maximum": SIZE_MAX}
+# Each may also be sent empty (`?w=`), which means the default, as for the feed's parameters.
 SVG_PARAMS = [
-    Param(
-        "w",
-        {"type": "integer", "minimum": SIZE_MIN, "maximum": SIZE_MAX, "default": DEFAULTS.width},
-        "Width in pixels.",
-        allow_empty=True,
-    ),
-    Param(
-        "h",
-        {"type": "integer", "minimum": SIZE_MIN, "maximum": SIZE_MAX, "default": DEFAULTS.height},
-        "Height in pixels.",
-        allow_empty=True,
-    ),
+    Param("w", {**SIZE_SCHEMA, "default": DEFAULTS.width}, "Width in pixels.", allow_empty=True),
+    Param("h", {**SIZE_SCHEMA, "default": DEFAULTS.height}, "Height in pixels.", allow_empty=True),
     Param(
         "stroke",
         {"type": "string", "pattern": "^#[0-9a-fA-F]{6}$", "default": DEFAULT_STROKE},
