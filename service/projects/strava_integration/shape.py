@@ -9,40 +9,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-MAX_POLYLINE = 100_000  # characters; longer strings are not decoded (and not served)
+from service.projects.strava_integration.polyline import MAX_POLYLINE, decode_polyline
 
 
 def is_public(activity: Any) -> bool:
     return isinstance(activity, dict) and activity.get("private") is False and activity.get("visibility") == "everyone"
-
-
-def decode_polyline(encoded: str) -> list[tuple[float, float]]:
-    """Google's encoded polyline algorithm (precision 5). Raises ValueError on a malformed string."""
-    points: list[tuple[float, float]] = []
-    index = lat = lng = 0
-    length = len(encoded)
-    while index < length:
-        deltas = []
-        for _ in range(2):
-            shift = result = 0
-            while True:
-                if index >= length:
-                    raise ValueError("truncated polyline")
-                byte = ord(encoded[index]) - 63
-                index += 1
-                if not 0 <= byte < 64:
-                    raise ValueError("invalid polyline character")
-                result |= (byte & 0x1F) << shift
-                shift += 5
-                if byte < 0x20:
-                    break
-                if shift > 30:
-                    raise ValueError("polyline value too long")
-            deltas.append(~(result >> 1) if result & 1 else result >> 1)
-        lat += deltas[0]
-        lng += deltas[1]
-        points.append((lat / 1e5, lng / 1e5))
-    return points
 
 
 def polyline_bounds(encoded: str) -> dict[str, float] | None:
