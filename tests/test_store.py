@@ -9,6 +9,7 @@ inside a generous `wait_for`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -187,20 +188,25 @@ async def test_incr_counts_from_zero_and_refuses_a_non_integer(subject: Subject)
     assert subject.store.up  # a refused command is not an outage
 
 
-async def test_the_lock_admits_one_holder_at_a_time(subject: Subject) -> None:
+async def holders_at_once(stores: list[Store], lock: str) -> tuple[int, int]:
+    """One task per entry of `stores` takes `lock`; (most holders at once, bodies run)."""
     inside, most, done = 0, 0, 0
 
-    async def worker() -> None:
+    async def worker(store: Store) -> None:
         nonlocal inside, most, done
-        async with subject.store.lock("job", ttl_s=10, wait_s=10):
+        async with store.lock(lock, ttl_s=10, wait_s=20):
             inside += 1
             most = max(most, inside)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # let the others try meanwhile
             inside -= 1
             done += 1
 
-    await asyncio.gather(*(worker() for _ in range(12)))
-    assert (most, done) == (1, 12)
+    await asyncio.gather(*(worker(s) for s in stores))
+    return most, done
+
+
+async def test_the_lock_admits_one_holder_at_a_time(subject: Subject) -> None:
+    assert await holders_at_once([subject.store] * 12, "job") == (1, 12)
     assert subject.sample("siteapi_store_lock_wait_seconds_count", lock="job") == 12
 
 
@@ -303,13 +309,58 @@ async def test_memory_drops_expired_keys_nobody_reads_again() -> None:
 # ---- Redis only ----
 
 
+@contextlib.asynccontextmanager
+async def running(*stores: Store) -> AsyncIterator[None]:
+    try:
+        for store in stores:
+            await store.start()
+        yield
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+def instances(url: str, count: int = 2) -> list[RedisStore]:
+    """Store objects on one server and one prefix: what separate instances of one app look like."""
+    prefix = f"t{next(_prefixes)}:"
+    return [redis_store(url, prefix=prefix) for _ in range(count)]
+
+
+class CountingHook:
+    def __init__(self, then: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.runs = 0
+        self.then = then
+
+    async def __call__(self) -> None:
+        self.runs += 1
+        if self.then is not None:
+            await self.then()
+
+
+async def heard_after_publishing(sender: Store, channel: str, message: bytes, heard: list[bytes]) -> bool:
+    """Publish until the subscriber has it (Redis subscribes in the background, or is reconnecting)."""
+
+    async def arrived() -> bool:
+        try:
+            await sender.publish(channel, message)
+        except StoreUnavailable:  # the sender may itself be marked down for a moment
+            return False
+        await asyncio.sleep(0.05)
+        return message in heard
+
+    return await eventually(arrived, 15)
+
+
+async def _numsub(raw: redis.asyncio.Redis, channel: str) -> bool:
+    [(_, count)] = await raw.pubsub_numsub(channel)
+    return int(count) > 0
+
+
 async def test_keys_and_channels_live_under_the_prefix(redis_server: RedisServer) -> None:
     one = redis_store(redis_server.url, prefix="app-one:")
     two = redis_store(redis_server.url, prefix="app-two:")
     raw = redis.asyncio.Redis.from_url(redis_server.url)
-    try:
-        await one.start()
-        await two.start()
+    async with running(one, two):
         await one.set("strava-integration:tokens", b"one")
         assert await two.get("strava-integration:tokens") is None
         assert await raw.get("app-one:strava-integration:tokens") == b"one"
@@ -319,22 +370,13 @@ async def test_keys_and_channels_live_under_the_prefix(redis_server: RedisServer
         await two.publish("news", b"not for app one")
         await one.publish("news", b"for app one")
         assert await eventually(lambda: heard == [b"for app one"], BOUND_S)
-    finally:
-        await one.aclose()
-        await two.aclose()
-        await raw.aclose()
-
-
-async def _numsub(raw: redis.asyncio.Redis, channel: str) -> bool:
-    [(_, count)] = await raw.pubsub_numsub(channel)
-    return int(count) > 0
+    await raw.aclose()
 
 
 async def test_a_hung_server_fails_calls_within_the_timeout_and_health_warns(own_redis: RedisServer) -> None:
     metrics = Metrics("test")
     s = redis_store(own_redis.url, metrics, ping_interval_s=0.1)
-    await s.start()
-    try:
+    async with running(s):
         await s.set("k", b"v")
         own_redis.pause()
         with pytest.raises(StoreUnavailable) as raised:
@@ -360,16 +402,12 @@ async def test_a_hung_server_fails_calls_within_the_timeout_and_health_warns(own
         assert await eventually(lambda: s.up)
         assert await s.get("k") == b"v"
         assert (await store_check(s)()).status == "pass"
-    finally:
-        own_redis.resume()
-        await s.aclose()
 
 
 async def test_a_down_server_fails_calls_and_the_gauge_says_so(own_redis: RedisServer) -> None:
     metrics = Metrics("test")
     s = redis_store(own_redis.url, metrics)
-    await s.start()
-    try:
+    async with running(s):
         assert metrics.registry.get_sample_value("siteapi_store_up") == 1
         own_redis.stop()
         with pytest.raises(StoreUnavailable):
@@ -377,125 +415,73 @@ async def test_a_down_server_fails_calls_and_the_gauge_says_so(own_redis: RedisS
         assert not s.up
         assert metrics.registry.get_sample_value("siteapi_store_up") == 0
         assert (await store_check(s)()).status == "warn"
-    finally:
-        await s.aclose()
 
 
 async def test_back_empty_the_store_is_up_within_10_s_and_the_hooks_wrote_back(own_redis: RedisServer) -> None:
     s = redis_store(own_redis.url)
-    hook_runs = 0
-
-    async def write_back() -> None:
-        nonlocal hook_runs
-        hook_runs += 1
-        await s.set_if_absent("tokens", b"the set this instance holds")
-
+    write_back = CountingHook(lambda: s.set_if_absent("tokens", b"the set this instance holds"))
     s.on_reconnect(write_back)
-    await s.start()
-    try:
+    async with running(s):
         await s.set("tokens", b"the set this instance holds")
         own_redis.stop()
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(s.get("tokens"), BOUND_S)
         own_redis.start()  # empty
-        assert await eventually(lambda: s.up and hook_runs == 1, 10)
+        assert await eventually(lambda: s.up and write_back.runs == 1, 10)
         assert await s.get("tokens") == b"the set this instance holds"
-    finally:
-        await s.aclose()
 
 
 async def test_a_restart_between_calls_still_runs_the_hooks(own_redis: RedisServer) -> None:
     """No call failed in between: the pinger finds the new (empty) server on its own."""
     s = redis_store(own_redis.url, ping_interval_s=0.1)
-    hook_runs = 0
-
-    async def hook() -> None:
-        nonlocal hook_runs
-        hook_runs += 1
-
+    hook = CountingHook()
     s.on_reconnect(hook)
-    await s.start()
-    try:
-        assert hook_runs == 0  # a first connection is not a reconnection
+    async with running(s):
+        assert hook.runs == 0  # a first connection is not a reconnection
         own_redis.restart()
-        assert await eventually(lambda: s.up and hook_runs >= 1, 10)
-    finally:
-        await s.aclose()
+        assert await eventually(lambda: s.up and hook.runs >= 1, 10)
 
 
 async def test_started_while_down_it_comes_up_and_runs_the_hooks(own_redis: RedisServer) -> None:
     own_redis.stop()
     s = redis_store(own_redis.url)
-    hook_runs = 0
-
-    async def hook() -> None:
-        nonlocal hook_runs
-        hook_runs += 1
-
+    hook = CountingHook()
     s.on_reconnect(hook)
-    await asyncio.wait_for(s.start(), BOUND_S)  # does not raise
-    try:
+    async with running(s):  # start() does not raise
         assert not s.up
         own_redis.start()
-        assert await eventually(lambda: s.up and hook_runs == 1, 10)
-    finally:
-        await s.aclose()
+        assert await eventually(lambda: s.up and hook.runs == 1, 10)
 
 
 async def test_pub_sub_resumes_after_the_server_comes_back(own_redis: RedisServer) -> None:
-    listener, sender = redis_store(own_redis.url, prefix="p:"), redis_store(own_redis.url, prefix="p:")
+    listener, sender = instances(own_redis.url)
     heard: list[bytes] = []
     listener.subscribe("invalidate", heard.append)
-    await listener.start()
-    await sender.start()
-    try:
+    async with running(listener, sender):
         own_redis.restart()
+        assert await heard_after_publishing(sender, "invalidate", b"after the restart", heard)
 
-        async def arrives(message: bytes) -> bool:
-            # The sender may itself be marked down for a moment: keep trying within the bound.
-            try:
-                await sender.publish("invalidate", message)
-            except StoreUnavailable:
-                return False
-            await asyncio.sleep(0.05)
-            return message in heard
 
-        assert await eventually(lambda: arrives(b"after the restart"), 15)
-    finally:
-        await listener.aclose()
-        await sender.aclose()
+async def test_pub_sub_across_instances(redis_server: RedisServer) -> None:
+    listener, sender = instances(redis_server.url)
+    heard: list[bytes] = []
+    async with running(listener, sender):
+        listener.subscribe("strava-integration:invalidate", heard.append)
+        assert await heard_after_publishing(sender, "strava-integration:invalidate", b"version 7", heard)
+        assert set(heard) == {b"version 7"}
 
 
 async def test_the_lock_is_exclusive_across_instances(redis_server: RedisServer) -> None:
-    one, two = redis_store(redis_server.url, prefix="x:"), redis_store(redis_server.url, prefix="x:")
-    await one.start()
-    await two.start()
-    inside, most, done = 0, 0, 0
-
-    async def worker(store: Store) -> None:
-        nonlocal inside, most, done
-        async with store.lock("strava-integration:token-refresh", ttl_s=10, wait_s=20):
-            inside += 1
-            most = max(most, inside)
-            await asyncio.sleep(0.005)
-            inside -= 1
-            done += 1
-
-    try:
-        await asyncio.gather(*(worker(s) for s in (one, two) for _ in range(10)))
-        assert (most, done) == (1, 20)
-    finally:
-        await one.aclose()
-        await two.aclose()
+    one, two = instances(redis_server.url)
+    async with running(one, two):
+        assert await holders_at_once([one, two] * 10, "strava-integration:token-refresh") == (1, 20)
 
 
 async def test_an_expired_lock_taken_by_another_instance_is_not_released_by_the_first(
     redis_server: RedisServer,
 ) -> None:
-    one, two = redis_store(redis_server.url, prefix="y:"), redis_store(redis_server.url, prefix="y:")
-    await one.start()
-    await two.start()
-    try:
+    one, two = instances(redis_server.url)
+    async with running(one, two):
         first = one.lock("refresh", ttl_s=0.2, wait_s=0)
         await first.__aenter__()
         async with two.lock("refresh", ttl_s=10, wait_s=BOUND_S) as second:  # waits out the expiry
@@ -504,18 +490,13 @@ async def test_an_expired_lock_taken_by_another_instance_is_not_released_by_the_
             with pytest.raises(LockUnavailable):
                 async with one.lock("refresh", ttl_s=10, wait_s=0):
                     pass
-    finally:
-        await one.aclose()
-        await two.aclose()
 
 
 async def test_of_concurrent_compare_and_sets_with_one_expected_value_exactly_one_wins(
     redis_server: RedisServer,
 ) -> None:
-    stores = [redis_store(redis_server.url, prefix="z:") for _ in range(2)]
-    for s in stores:
-        await s.start()
-    try:
+    stores = instances(redis_server.url)
+    async with running(*stores):
         await stores[0].set("tokens", b"rt-0")
         new = [f"rt-1-{i}".encode() for i in range(20)]
         results = await asyncio.gather(
@@ -525,56 +506,42 @@ async def test_of_concurrent_compare_and_sets_with_one_expected_value_exactly_on
         assert await stores[1].get("tokens") == new[results.index(True)]
         claims = await asyncio.gather(*(stores[i % 2].set_if_absent("webhook:42", b"1", 60) for i in range(20)))
         assert claims.count(True) == 1
-    finally:
-        for s in stores:
-            await s.aclose()
-
-
-async def test_pub_sub_across_instances(redis_server: RedisServer) -> None:
-    listener, sender = redis_store(redis_server.url, prefix="q:"), redis_store(redis_server.url, prefix="q:")
-    heard: list[bytes] = []
-    listener.subscribe("strava-integration:invalidate", heard.append)
-    await listener.start()
-    await sender.start()
-    try:
-
-        async def arrives() -> bool:
-            await sender.publish("strava-integration:invalidate", b"version 7")
-            await asyncio.sleep(0.02)
-            return bool(heard)
-
-        assert await eventually(arrives, BOUND_S)
-        assert set(heard) == {b"version 7"}
-    finally:
-        await listener.aclose()
-        await sender.aclose()
 
 
 async def test_the_password_never_shows_in_logs_errors_health_or_metrics() -> None:
     with RedisServer(password=PASSWORD) as server:
         metrics = Metrics("test")
+        good = redis_store(server.url, metrics)
+        wrong = redis_store(server.url.replace(PASSWORD, PASSWORD + "-wrong"), Metrics("test"))
         with capture_logs() as logs:
-            good = redis_store(server.url, metrics)
-            await good.start()
-            await good.set("k", b"v")
-            assert await good.get("k") == b"v"
-            wrong = redis_store(server.url.replace(PASSWORD, PASSWORD + "-wrong"), Metrics("test"))
-            await wrong.start()
-            with pytest.raises(StoreUnavailable) as refused:
-                await wrong.get("k")
-            server.stop()
-            with pytest.raises(StoreUnavailable) as down:
-                await asyncio.wait_for(good.get("k"), BOUND_S)
-            health = await store_check(good)()
+            async with running(good, wrong):
+                await good.set("k", b"v")
+                assert await good.get("k") == b"v"
+                with pytest.raises(StoreUnavailable) as refused:
+                    await wrong.get("k")
+                server.stop()
+                with pytest.raises(StoreUnavailable) as down:
+                    await asyncio.wait_for(good.get("k"), BOUND_S)
+                health = await store_check(good)()
             with pytest.raises(ValueError) as bad_port:
                 redis_store(f"redis://:{PASSWORD}@127.0.0.1:notaport/0")
-            await good.aclose()
-            await wrong.aclose()
         texts = [str(refused.value), str(down.value), str(bad_port.value), health.output or ""]
         texts += [repr(e) for e in logs]
         texts.append(metrics.render(None)[0].decode())
         assert any("store_unreachable" in t for t in texts)
         assert not [t for t in texts if PASSWORD in t]
+
+
+async def test_rediss_verifies_the_server_against_the_given_ca() -> None:
+    with RedisServer(password=PASSWORD, tls=True) as server:
+        trusted = RedisStore(server.url, StoreMetrics(Metrics("test")), ca_cert=server.ca_pem)
+        untrusted = RedisStore(server.url, StoreMetrics(Metrics("test")))  # the system's CAs only
+        async with running(trusted, untrusted):
+            await trusted.set("k", b"over TLS")
+            assert await trusted.get("k") == b"over TLS"
+            assert not untrusted.up
+            with pytest.raises(StoreUnavailable):
+                await untrusted.get("k")
 
 
 # ---- construction ----

@@ -174,7 +174,11 @@ class RedisStore(Store):
             self._up = False
             self.metrics.set_up(False)
             log.warning(
-                "store_unreachable", location=str(self._location), operation=operation, error=type(exc).__name__
+                "store_unreachable",
+                location=str(self._location),
+                operation=operation,
+                error=type(exc).__name__,
+                detail=self._location.scrub(str(exc))[:200],  # e.g. a refused connection, a bad certificate
             )
 
     def _key(self, key: str) -> str:
