@@ -188,6 +188,16 @@ async def test_incr_counts_from_zero_and_refuses_a_non_integer(subject: Subject)
     assert subject.store.up  # a refused command is not an outage
 
 
+async def test_incr_gives_a_window_counter_its_expiry_once(subject: Subject) -> None:
+    s = subject.store
+    assert await s.incr("window", ttl_s=SHORT_TTL_S) == 1
+    assert await s.incr("window", ttl_s=3600) == 2  # the first expiry stands
+    assert await subject.expire("window")
+    assert await s.incr("window", ttl_s=3600) == 1
+    await s.set("kept", b"5", ttl_s=3600)
+    assert await s.incr("kept") == 6
+
+
 async def holders_at_once(stores: list[Store], lock: str) -> tuple[int, int]:
     """One task per entry of `stores` takes `lock`; (most holders at once, bodies run)."""
     inside, most, done = 0, 0, 0
@@ -379,9 +389,12 @@ async def test_a_hung_server_fails_calls_within_the_timeout_and_health_warns(own
     async with running(s):
         await s.set("k", b"v")
         own_redis.pause()
-        with pytest.raises(StoreUnavailable) as raised:
-            await asyncio.wait_for(s.get("k"), BOUND_S)
-        assert f"127.0.0.1:{own_redis.port}" in str(raised.value)
+        # More callers than the pool has connections: those waiting for one are bounded too.
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(s.get("k") for _ in range(20)), return_exceptions=True), BOUND_S
+        )
+        assert {type(o) for o in outcomes} == {StoreUnavailable}
+        assert f"127.0.0.1:{own_redis.port}" in str(outcomes[0])
         assert not s.up
         assert metrics.registry.get_sample_value("siteapi_store_up") == 0
         # While down, calls fail at once without waiting on the server again.
@@ -392,7 +405,7 @@ async def test_a_hung_server_fails_calls_within_the_timeout_and_health_warns(own
             async with asyncio.timeout(BOUND_S), s.lock("token-refresh", ttl_s=10, wait_s=30):
                 pytest.fail("the guarded work must not run without the lock")
         errors = metrics.registry.get_sample_value("siteapi_store_operation_errors_total", {"operation": "get"})
-        assert errors == 2
+        assert errors == 21
         result = await store_check(s)()
         assert result.status == "warn"
         assert result.output == (
@@ -552,7 +565,7 @@ def test_build_store_picks_the_backend_from_redis_url() -> None:
     assert (memory.backend, memory.up) == ("memory", True)
     assert build_store("", Metrics("test")).backend == "memory"
     store = build_store("redis://127.0.0.1:1/0", Metrics("test"), key_prefix="p:", timeout_s=0.1)
-    assert (store.backend, store.up, store.location) == ("redis", False, "redis 127.0.0.1:1")
+    assert (store.backend, store.up, store.location) == ("redis", False, "127.0.0.1:1")
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,7 @@ def store_check(store: Store) -> HealthCheck:
         return CheckResult(
             "warn",
             observed_value=store.backend,
-            output=f"store: {store.backend} unreachable at {store.location.removeprefix('redis ')}; "
-            "serving what this instance holds",
+            output=f"store: {store.backend} unreachable at {store.location}; serving what this instance holds",
         )
 
     return check

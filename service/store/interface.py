@@ -1,7 +1,8 @@
 """The store interface: shared state for projects, as bytes under namespaced keys.
 
 Two implementations: `MemoryStore` (in-process, the embedded default) and `RedisStore` (shared by
-every instance). Keys are chosen by projects (`strava-integration:tokens`); the Redis store puts
+every instance). Keys are chosen by projects as `<project>:<what>[:<id>]` (`strava-integration:tokens`,
+`strava-integration:webhook:<event>`); a lock `<name>` lives at `<name>:lock`. The Redis store puts
 its `REDIS_KEY_PREFIX` in front of every key and channel, so several apps can share one server.
 Every operation is bounded in time; a failure raises a `StoreError`, never a backend's exception.
 The hot path is not meant to come here: projects keep what they serve in process memory and use
@@ -54,7 +55,7 @@ class Store(ABC):
     @property
     @abstractmethod
     def location(self) -> str:
-        """Where the store lives, fit for a log line or a health message (never a credential)."""
+        """Where the store lives (`host:port`, or `memory`), fit for a log line or a health message."""
 
     @abstractmethod
     async def start(self) -> None:
@@ -88,8 +89,11 @@ class Store(ABC):
         """Atomically remove `key` if it holds `expected`; True if removed."""
 
     @abstractmethod
-    async def incr(self, key: str) -> int:
-        """Add one to an integer value (absent counts as 0) and return it; keeps the key's expiry."""
+    async def incr(self, key: str, ttl_s: float | None = None) -> int:
+        """Add one to an integer value (absent counts as 0) and return it.
+
+        The key keeps its expiry; `ttl_s` gives it one if it has none (a counter per time window).
+        """
 
     @abstractmethod
     async def publish(self, channel: str, message: bytes) -> None:

@@ -98,14 +98,17 @@ class MemoryStore(Store):
         del self._data[key]
         return True
 
-    async def incr(self, key: str) -> int:
+    async def incr(self, key: str, ttl_s: float | None = None) -> int:
+        check_ttl(ttl_s)
         entry = self._live(key)
         try:
             value = 1 if entry is None else int(entry[0]) + 1
         except ValueError:
             raise StoreError(f"store: incr on {key}: not an integer") from None
-        # Like Redis' INCR: the key keeps its expiry.
-        self._data[key] = (str(value).encode(), None if entry is None else entry[1])
+        expires_at = None if entry is None else entry[1]
+        if expires_at is None and ttl_s is not None:
+            expires_at = self.clock() + ttl_s
+        self._data[key] = (str(value).encode(), expires_at)
         return value
 
     async def publish(self, channel: str, message: bytes) -> None:

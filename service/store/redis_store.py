@@ -16,7 +16,7 @@ import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -53,6 +53,14 @@ else
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 end
 return 1
+"""
+# KEYS[1]; ARGV: ttl in ms ("0" = none), given only to a key without an expiry.
+_INCR = """
+local value = redis.call('INCR', KEYS[1])
+if ARGV[1] ~= '0' and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return value
 """
 _COMPARE_AND_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -110,6 +118,7 @@ class RedisStore(Store):
         self._redis = Redis.from_pool(pool)
         self._cas = self._redis.register_script(_COMPARE_AND_SET)
         self._cad = self._redis.register_script(_COMPARE_AND_DELETE)
+        self._incr = self._redis.register_script(_INCR)
         self._subscriber = RedisSubscriber(self._redis, self._location, timeout_s)
         self._hooks: list[ReconnectHook] = []
         self._up = False
@@ -124,7 +133,7 @@ class RedisStore(Store):
 
     @property
     def location(self) -> str:
-        return f"redis {self._location}"
+        return str(self._location)
 
     async def start(self) -> None:
         if self._pinger is not None:
@@ -185,8 +194,8 @@ class RedisStore(Store):
         return self.prefix + key
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._call("get", lambda: self._redis.get(self._key(key)))
-        return None if value is None else bytes(value, "utf-8") if isinstance(value, str) else value
+        # decode_responses is off: redis-py hands back the bytes as stored.
+        return cast("bytes | None", await self._call("get", lambda: self._redis.get(self._key(key))))
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         check_ttl(ttl_s)
@@ -211,8 +220,12 @@ class RedisStore(Store):
     async def compare_and_delete(self, key: str, expected: bytes) -> bool:
         return bool(await self._call("compare_and_delete", lambda: self._cad(keys=[self._key(key)], args=[expected])))
 
-    async def incr(self, key: str) -> int:
-        return int(await self._call("incr", lambda: self._redis.incr(self._key(key))))
+    async def incr(self, key: str, ttl_s: float | None = None) -> int:
+        check_ttl(ttl_s)
+        if ttl_s is None:
+            return int(await self._call("incr", lambda: self._redis.incr(self._key(key))))
+        args = [_ms(ttl_s)]
+        return int(await self._call("incr", lambda: self._incr(keys=[self._key(key)], args=args)))
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._call("publish", lambda: self._redis.publish(self._key(channel), message))
