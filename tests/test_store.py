@@ -65,12 +65,24 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
 
 
+# Above the production default (0.25 s), so a loaded machine does not turn a slow answer into an
+# outage; still well inside BOUND_S, which is what the hung-server test holds calls to.
+TEST_TIMEOUT_S = 1.0
+
+
 def redis_store(
-    url: str, metrics: Metrics | None = None, prefix: str | None = None, ping_interval_s: float = 1.0
+    url: str,
+    metrics: Metrics | None = None,
+    prefix: str | None = None,
+    ping_interval_s: float = 1.0,
+    timeout_s: float = TEST_TIMEOUT_S,
+    ca_cert: str | None = None,
 ) -> RedisStore:
     store_metrics = StoreMetrics(metrics or Metrics("test"))
     prefix = prefix or f"t{next(_prefixes)}:"  # a fresh namespace per store, so tests share one server
-    return RedisStore(url, store_metrics, key_prefix=prefix, ping_interval_s=ping_interval_s)
+    return RedisStore(
+        url, store_metrics, key_prefix=prefix, ping_interval_s=ping_interval_s, timeout_s=timeout_s, ca_cert=ca_cert
+    )
 
 
 @dataclass
@@ -547,8 +559,8 @@ async def test_the_password_never_shows_in_logs_errors_health_or_metrics() -> No
 
 async def test_rediss_verifies_the_server_against_the_given_ca() -> None:
     with RedisServer(password=PASSWORD, tls=True) as server:
-        trusted = RedisStore(server.url, StoreMetrics(Metrics("test")), ca_cert=server.ca_pem)
-        untrusted = RedisStore(server.url, StoreMetrics(Metrics("test")))  # the system's CAs only
+        trusted = redis_store(server.url, ca_cert=server.ca_pem)
+        untrusted = redis_store(server.url)  # the system's CAs only
         async with running(trusted, untrusted):
             await trusted.set("k", b"over TLS")
             assert await trusted.get("k") == b"over TLS"

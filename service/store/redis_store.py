@@ -187,7 +187,8 @@ class RedisStore(Store):
                 location=str(self._location),
                 operation=operation,
                 error=type(exc).__name__,
-                detail=self._location.scrub(str(exc))[:200],  # e.g. a refused connection, a bad certificate
+                # e.g. a refused connection, a bad certificate; asyncio's timeout says nothing itself
+                detail=self._location.scrub(str(exc))[:200] or f"no answer within {self._timeout_s:g} s",
             )
 
     def _key(self, key: str) -> str:
