@@ -133,7 +133,9 @@ def service_env(sim: Sim, token_file: Path, **extra: str) -> dict[str, str]:
         "STRAVA_CLIENT_ID": CLIENT_ID,
         "STRAVA_CLIENT_SECRET": SECRETS["STRAVA_CLIENT_SECRET"],
         "STRAVA_REFRESH_TOKEN": SECRETS["STRAVA_REFRESH_TOKEN"],
-        "STRAVA_API_URL": f"{sim.url}/api/v3",
+        # The API at the root, as Strava serves it from 1 June 2027 (tests/strava_upstream.py keeps /api/v3);
+        # the simulator counts calls under the /api/v3 names in both layouts.
+        "STRAVA_API_URL": sim.url,
         "STRAVA_OAUTH_URL": f"{sim.url}/oauth",
         "STRAVA_TOKEN_FILE": str(token_file),
         "STRAVA_ADMIN_API_KEY": ADMIN_KEY,
