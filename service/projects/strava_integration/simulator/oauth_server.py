@@ -90,20 +90,20 @@ async def token(request: Request) -> Response:
     rejection = _client_rejection(sim.config, params.get("client_id"), params.get("client_secret"))
     if rejection is not None:
         return rejection
-    grant_type = params.get("grant_type")
-    if grant_type == "refresh_token":
-        refresh_token = params.get("refresh_token")
-        if not refresh_token:
-            return bad_request("RefreshToken", "refresh_token", "missing")
-        issued = sim.refresh(refresh_token)
-        return JsonResponse(issued) if issued else bad_request("RefreshToken", "refresh_token")
-    if grant_type == "authorization_code":
-        code = params.get("code")
-        if not code:
-            return bad_request("AuthorizationCode", "code", "missing")
-        issued = sim.redeem_code(code)
-        return JsonResponse(issued) if issued else bad_request("AuthorizationCode", "code")
-    return bad_request("Application", "grant_type")
+    # grant_type -> the parameter it redeems, the resource Strava names when that is bad, and how.
+    grants = {
+        "refresh_token": ("refresh_token", "RefreshToken", sim.refresh),
+        "authorization_code": ("code", "AuthorizationCode", sim.redeem_code),
+    }
+    grant = grants.get(params.get("grant_type", ""))
+    if grant is None:
+        return bad_request("Application", "grant_type")
+    field, resource, redeem = grant
+    value = params.get(field)
+    if not value:
+        return bad_request(resource, field, "missing")
+    issued = redeem(value)
+    return JsonResponse(issued) if issued else bad_request(resource, field)
 
 
 def _granted_scope(requested: str | None) -> str | None:
