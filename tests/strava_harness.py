@@ -81,6 +81,14 @@ class Sim:
     def fault(self, kind: str, **options: Any) -> None:
         self.control("fault", {"kind": kind, **options})
 
+    def revoke_grant(self, webhook_url: str | None = None) -> dict[str, Any]:
+        """The athlete revokes the app on strava.com: every token dies; optionally Strava's event is posted."""
+        return self.control("revoke_grant", {"webhook_url": webhook_url} if webhook_url else {})
+
+    def dead_refresh_presented(self) -> int:
+        """Refresh attempts with a token that once worked (rotated away or revoked): 0 for a straight chain."""
+        return int(self.stats()["dead_refresh_presented"])
+
     def upsert(self, **fields: Any) -> dict[str, Any]:
         return self.control("activities", fields)
 

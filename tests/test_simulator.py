@@ -4,6 +4,7 @@ import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +25,7 @@ from service.projects.strava_integration.simulator import (
     decode_polyline,
     encode_polyline,
 )
+from tests.strava_harness import ADMIN, LIST_CALL, PREFIX, running_stack, wait_for_calls
 from tests.support import FakeClock, serve_in_thread
 
 T0 = datetime(2024, 6, 1, 10, 5, tzinfo=UTC).timestamp()
@@ -924,3 +926,23 @@ def test_one_public_activity_with_a_route_is_named_with_markup(client: httpx.Cli
     marked = [a for a in everything if a["name"] == MARKUP_NAME]
     assert MARKUP_NAME == "<img src=x onerror=alert(1)>"
     assert len(marked) == 1 and marked[0] in with_routes[:5]
+
+
+# ---- with the real service ----
+
+
+def test_the_service_keeps_its_token_chain_straight_through_rotations(tmp_path: Path) -> None:
+    """The dead-token counter against the real client, over the root layout the harness wires."""
+    with running_stack(tmp_path) as stack:
+        assert stack.feed().status_code == 200
+        for rotation in range(1, 4):
+            stack.sim.control("expire")  # every access token dies; the refresh token lives on
+            lists = stack.sim.calls(LIST_CALL)
+            assert stack.post(PREFIX + "/refresh", headers=ADMIN).status_code == 202
+            wait_for_calls(stack.sim, LIST_CALL, lists + 2)  # the 401, then the retry with a fresh token
+            assert stack.sim.stats()["token_refreshes"] == 1 + rotation
+        stats = stack.sim.stats()
+        assert stats["dead_access_presented"] >= 3  # expired tokens were presented (and answered 401)
+        assert stack.sim.dead_refresh_presented() == 0
+        assert stack.sim.revoke_grant() == {"revoked": True}
+        assert stack.sim.dead_refresh_presented() == 0  # revoked, but not presented yet
