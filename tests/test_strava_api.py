@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.projects.strava_integration.privacy import public_route
 from service.projects.strava_integration.simulator import decode_polyline
 from tests.strava_harness import (
     ADMIN,
@@ -31,6 +32,7 @@ from tests.strava_harness import (
 from tests.support import SECRETS, ServiceProcess
 
 TTL, STALE = 120, 900
+DEFAULT_TRIM_M = 200  # STRAVA_PRIVACY_TRIM_METERS' default
 ITEM_KEYS = {
     "id",
     "name",
@@ -117,11 +119,17 @@ def test_every_feed_item_has_the_public_shape(stack: Stack, raw: dict[int, dict[
             maps["without"] += 1
             continue
         maps["with"] += 1
-        assert set(item["map"]) == {"summary_polyline", "bounds"}
-        assert item["map"]["summary_polyline"] == polyline
+        # What the service hands out is the route trimmed at the default radius (test_strava_route_maps
+        # checks the privacy itself): the longest piece as summary_polyline, all pieces, their bounds.
+        assert set(item["map"]) == {"summary_polyline", "polylines", "bounds"}
+        trimmed = public_route(polyline, DEFAULT_TRIM_M)
+        assert trimmed is not None
+        assert item["map"]["polylines"] == list(trimmed.polylines)
+        assert item["map"]["summary_polyline"] == trimmed.polyline in item["map"]["polylines"]
+        assert item["map"]["summary_polyline"] != polyline  # the ends were cut off
         bounds = item["map"]["bounds"]
         assert bounds["south"] <= bounds["north"] and bounds["west"] <= bounds["east"]
-        points = decode_polyline(polyline)
+        points = [p for piece in item["map"]["polylines"] for p in decode_polyline(piece)]
         assert bounds == pytest.approx(
             {
                 "south": min(p[0] for p in points),

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from service.projects.strava_integration import shape
+from service.projects.strava_integration import privacy
 from service.projects.strava_integration.polyline import MAX_POLYLINE, decode_polyline, encode_polyline
 
 # From Google's algorithm page: https://developers.google.com/maps/documentation/utilities/polylinealgorithm
@@ -71,7 +71,9 @@ def test_over_long_input_is_refused_before_decoding() -> None:
         decode_polyline("??" * (MAX_POLYLINE // 2) + "??")
 
 
-def test_shape_keeps_using_the_same_codec() -> None:
-    assert shape.decode_polyline is decode_polyline
-    assert shape.polyline_bounds(GOOGLE_ENCODED) == {"south": 38.5, "west": -126.453, "north": 43.252, "east": -120.2}
-    assert shape.polyline_bounds("_p~iF~ps|U_") is None
+def test_privacy_keeps_using_the_same_codec() -> None:
+    assert privacy.decode_polyline is decode_polyline
+    route = privacy.public_route(GOOGLE_ENCODED, 0)
+    assert route is not None
+    assert route.bounds == {"south": 38.5, "west": -126.453, "north": 43.252, "east": -120.2}
+    assert privacy.public_route("_p~iF~ps|U_", 0) is None

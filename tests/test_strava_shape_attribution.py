@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 
 from service.projects.strava_integration import shape
+from service.projects.strava_integration.privacy import TrimmedRoutes
 
 # Google's documented example: (38.5, -120.2), (40.7, -120.95), (43.252, -126.453).
 POLYLINE = "_p~iF~ps|U_ulLnnqC_mqNvxq`@"
+ROUTES = TrimmedRoutes(0)  # no trim: these tests are about the links, test_strava_privacy about the trim
 
 
 def activity(**overrides: Any) -> dict[str, Any]:
@@ -26,25 +28,25 @@ def activity(**overrides: Any) -> dict[str, Any]:
 
 
 def test_strava_url_links_the_activity_on_strava() -> None:
-    assert shape.summary(activity())["strava_url"] == "https://www.strava.com/activities/12345678901"
+    assert shape.summary(activity(), ROUTES)["strava_url"] == "https://www.strava.com/activities/12345678901"
 
 
 @pytest.mark.parametrize("bad", [None, "12345", 1.5, True, -3, [1]])
 def test_no_strava_url_without_an_integer_id(bad: Any) -> None:
-    item = shape.summary(activity(id=bad))
+    item = shape.summary(activity(id=bad), ROUTES)
     assert item["strava_url"] is None
     assert item["route_svg"] is None
 
 
 def test_route_svg_is_the_project_relative_url_when_a_map_is_served() -> None:
-    item = shape.summary(activity())
+    item = shape.summary(activity(), ROUTES)
     assert item["map"] is not None
     assert item["route_svg"] == "/api/strava-integration/activities/12345678901/route.svg"
 
 
 @pytest.mark.parametrize("route", [{}, {"summary_polyline": ""}, {"summary_polyline": "\x01broken"}, None])
 def test_no_route_svg_without_a_served_map(route: Any) -> None:
-    item = shape.summary(activity(map=route))
+    item = shape.summary(activity(map=route), ROUTES)
     assert item["map"] is None
     assert item["route_svg"] is None
 
@@ -65,14 +67,14 @@ def test_no_route_svg_without_a_served_map(route: Any) -> None:
     ],
 )
 def test_attribution_credits_garmin_only_for_garmin_devices(device: str, credit: str | None) -> None:
-    item = shape.summary(activity(device_name=device))
+    item = shape.summary(activity(device_name=device), ROUTES)
     assert item["device_name"] == device
     assert item["attribution"] == credit
 
 
 @pytest.mark.parametrize("absent", [None, "", "   ", 42, {"name": "Garmin"}])
 def test_device_name_is_null_when_strava_gives_none(absent: Any) -> None:
-    item = shape.summary(activity(device_name=absent))
+    item = shape.summary(activity(device_name=absent), ROUTES)
     assert item["device_name"] is None
     assert item["attribution"] is None
 
@@ -82,7 +84,7 @@ def test_device_name_is_null_when_strava_gives_none(absent: Any) -> None:
     [("garmin_push_12345678901", "Garmin"), ("Garmin_Ping_42", "Garmin"), ("activity_1.fit", None), (7, None)],
 )
 def test_garmin_uploads_are_credited_without_a_device_name(external_id: Any, credit: str | None) -> None:
-    item = shape.summary(activity(device_name=None, external_id=external_id))
+    item = shape.summary(activity(device_name=None, external_id=external_id), ROUTES)
     assert item["device_name"] is None
     assert item["attribution"] == credit
 
@@ -90,12 +92,12 @@ def test_garmin_uploads_are_credited_without_a_device_name(external_id: Any, cre
 def test_missing_device_name_key() -> None:
     raw = activity()
     del raw["device_name"]
-    item = shape.summary(raw)
+    item = shape.summary(raw, ROUTES)
     assert item["device_name"] is None and item["attribution"] is None
 
 
 def test_device_name_is_bounded_and_trimmed() -> None:
-    item = shape.summary(activity(device_name="  Garmin " + "x" * 5000))
+    item = shape.summary(activity(device_name="  Garmin " + "x" * 5000), ROUTES)
     assert item["device_name"] is not None
     assert len(item["device_name"]) == shape.MAX_DEVICE_NAME
     assert item["device_name"].startswith("Garmin x")
@@ -104,7 +106,7 @@ def test_device_name_is_bounded_and_trimmed() -> None:
 
 def test_detail_carries_the_same_fields() -> None:
     raw = activity(description="", max_speed=4.2)
-    item = shape.detail(raw)
+    item = shape.detail(raw, ROUTES)
     for key in ("strava_url", "device_name", "attribution", "route_svg"):
-        assert item[key] == shape.summary(raw)[key]
+        assert item[key] == shape.summary(raw, ROUTES)[key]
     assert item["attribution"] == "Garmin"

@@ -29,6 +29,7 @@ from service.projects.strava_integration.errors import (
     UpstreamError,
     UpstreamNotFound,
 )
+from service.projects.strava_integration.privacy import Route, TrimmedRoutes
 from service.timestamps import iso_utc
 
 log = structlog.get_logger("strava.data")
@@ -73,11 +74,19 @@ def _epoch(start_date: Any) -> float | None:
 
 class StravaData:
     def __init__(
-        self, settings: StravaSettings, client: StravaClient, metrics: Metrics, clock: Callable[[], float]
+        self,
+        settings: StravaSettings,
+        client: StravaClient,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        routes: TrimmedRoutes | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.clock = clock
+        # Every route handed out is trimmed here, in the loaders: once per refresh, before caching.
+        self.routes = routes if routes is not None else TrimmedRoutes(settings.privacy_trim_meters)
+        self._route_index: tuple[object, dict[int, Route]] | None = None  # (the list, its routes by id)
         # Plain numbers, read at scrape time: a prometheus-client child (a lock per increment)
         # would cost more than the cache hit it counts. Every series exists from the start.
         self._cache_counts: dict[tuple[str, str], int] = {
@@ -129,7 +138,9 @@ class StravaData:
             if isinstance(activity, dict) and isinstance(activity.get("athlete"), dict):
                 self.client.tokens.learn_athlete(activity["athlete"].get("id"))
         hidden = self._hidden
-        items = [shape.summary(a) for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
+        public = [a for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
+        await self.routes.warm(_summary_polyline(a) for a in public)
+        items = [shape.summary(a, self.routes) for a in public]
         items.sort(key=lambda a: a["start_date"] or "", reverse=True)
         # Hides older than this list's request are reflected in it; newer ones must outlive it.
         self._hidden = {i: n for i, n in hidden.items() if n > started_at_event}
@@ -140,7 +151,8 @@ class StravaData:
         raw = await self.client.activity(activity_id)
         if not shape.is_public(raw):
             raise UpstreamNotFound("No such public activity.")
-        item = shape.detail(raw)
+        await self.routes.warm([_summary_polyline(raw)])
+        item = shape.detail(raw, self.routes)
         return item, len(orjson.dumps(item))
 
     async def _athlete_id(self) -> int:
@@ -201,6 +213,25 @@ class StravaData:
             raise UpstreamNotFound("No such public activity.")
         lookup = await self.cache.get(f"activity:{activity_id}", lambda: self._load_activity(activity_id), "activity")
         return self._render({"activity": lookup.value}, lookup)
+
+    async def route(self, activity_id: int) -> Route | None:
+        """The served (trimmed) route of a public activity in the feed window; None if hidden, unknown or route-less.
+
+        Drawn from the cached list's items, so an SVG never shows more than the feed does, and a
+        hide or a purge (a new list object, or none) takes the route away at once. The `Route`
+        objects live as long as the list: the SVG render cache keys on their identity.
+        """
+        self._require_configured()
+        lookup = await self.cache.get(ACTIVITIES, self._load_activities, "feed")
+        index = self._route_index
+        if index is None or index[0] is not lookup.value:
+            routes = {
+                a["id"]: Route(tuple(m["polylines"]), m["summary_polyline"], m["bounds"])
+                for a in lookup.value
+                if (m := a["map"]) is not None
+            }
+            index = self._route_index = (lookup.value, routes)
+        return index[1].get(activity_id)
 
     async def stats(self) -> Rendered:
         self._require_configured()
@@ -287,6 +318,11 @@ class StravaData:
 
     async def aclose(self) -> None:
         await self.cache.aclose()
+
+
+def _summary_polyline(activity: dict[str, Any]) -> object:
+    raw_map = activity.get("map")
+    return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
 
 
 def _wanted(item: dict[str, Any], query: FeedQuery) -> bool:

@@ -11,6 +11,7 @@ haversine check of every served point backs that up.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections import OrderedDict
@@ -253,7 +254,27 @@ class TrimmedRoutes:
         else:
             self.entries.move_to_end(encoded)
             return route
-        route = public_route(encoded, self.radius_m)
+        return self._keep(encoded, public_route(encoded, self.radius_m))
+
+    async def warm(self, polylines: Iterable[object]) -> None:
+        """Trim in a worker thread whatever is not memoized yet, so that `get` on the loop only looks up.
+
+        A few hundred points cost milliseconds, a list of 200 routes or a long one a good part of a
+        second: too long to hold the event loop. The memo itself is only touched on the loop.
+        """
+        missing = [p for p in dict.fromkeys(polylines) if isinstance(p, str) and p not in self.entries]
+        if not missing:
+            return
+        radius = self.radius_m
+        trimmed = await asyncio.to_thread(lambda: [public_route(p, radius) for p in missing])
+        for encoded, route in zip(missing, trimmed, strict=True):
+            self._keep(encoded, route)
+
+    def _keep(self, encoded: str, route: Route | None) -> Route | None:
+        """Memoize `route` unless another caller got there first; returns the memoized one."""
+        if encoded in self.entries:  # two warms of the same polyline: the first object stays
+            self.entries.move_to_end(encoded)
+            return self.entries[encoded]
         if len(encoded) <= self.max_chars and self.max_entries > 0:
             self.entries[encoded] = route
             self.chars += len(encoded)

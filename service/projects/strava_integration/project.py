@@ -23,6 +23,8 @@ from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.config import DOCUMENTED, StravaSettings, parse_settings
 from service.projects.strava_integration.data import FeedQuery, Rendered, StravaData
 from service.projects.strava_integration.errors import AUTH_START_PATH, UpstreamError
+from service.projects.strava_integration.privacy import TrimmedRoutes
+from service.projects.strava_integration.route_svg import SVG_PARAMS, SVG_RESPONSES, RouteSvg
 from service.projects.strava_integration.sandbox import Sandbox
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
 from service.projects.strava_integration.webhook import ASPECT_TYPES, MAX_ID, OBJECT_TYPES, Event, Webhook
@@ -159,8 +161,13 @@ def build(ctx: ProjectContext) -> ProjectApp:
     metrics = StravaMetrics(ctx.metrics)
     budget = Budget(settings.budget_reserve, metrics, ctx.clock)
     client = StravaClient(settings, metrics, ctx.redactor, ctx.clock, budget)
-    data = StravaData(settings, client, ctx.metrics, ctx.clock)
+    # The trim memo and the rendered maps each take an eighth of the cache's byte bound.
+    trimmed = TrimmedRoutes(settings.privacy_trim_meters, max_chars=settings.cache_max_bytes // 8)
+    data = StravaData(settings, client, ctx.metrics, ctx.clock, trimmed)
     control = cache_control(settings.cache_ttl_seconds, settings.cache_stale_seconds)
+    route_svg = describe("The activity's route as an SVG image", params=SVG_PARAMS, responses=SVG_RESPONSES, tags=TAGS)(
+        RouteSvg(data.route, control, max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes // 8)
+    )
     signer = oauth.StateSigner((settings.client_secret or "") + "\x00" + (settings.admin_api_key or ""), ctx.clock)
 
     async def on_event(event: Event) -> None:
@@ -356,6 +363,7 @@ def build(ctx: ProjectContext) -> ProjectApp:
     routes = [
         Route("/feed", feed, methods=["GET"]),
         Route("/activities/{activity_id:int}", activity, methods=["GET"]),
+        Route("/activities/{activity_id:int}/route.svg", route_svg, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
         Route("/refresh", refresh, methods=["POST"]),
         Route("/status", status),

@@ -1,7 +1,8 @@
 """What leaves the service: the privacy rule and the public shapes of activities and stats.
 
 Privacy fails closed: an activity is public only if Strava says `private` is false AND
-`visibility` is `everyone`. Anything missing or unexpected keeps it in.
+`visibility` is `everyone`. Anything missing or unexpected keeps it in. Routes leave only
+through `public_map`, trimmed around their true start and end (`privacy.TrimmedRoutes`).
 """
 
 from __future__ import annotations
@@ -9,33 +10,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from service.projects.strava_integration.polyline import MAX_POLYLINE, decode_polyline
+from service.projects.strava_integration.privacy import TrimmedRoutes
 
 
 def is_public(activity: Any) -> bool:
     return isinstance(activity, dict) and activity.get("private") is False and activity.get("visibility") == "everyone"
 
 
-def polyline_bounds(encoded: str) -> dict[str, float] | None:
-    try:
-        points = decode_polyline(encoded)
-    except ValueError:
-        return None
-    if not points:
-        return None
-    lats = [p[0] for p in points]
-    lngs = [p[1] for p in points]
-    return {"south": min(lats), "west": min(lngs), "north": max(lats), "east": max(lngs)}
+def public_map(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any] | None:
+    """The route as served: the summary polyline privacy-trimmed (`routes`), its pieces and their bounds.
 
-
-def public_map(activity: dict[str, Any]) -> dict[str, Any] | None:
-    summary = (activity.get("map") or {}).get("summary_polyline")
-    if not isinstance(summary, str) or not summary or len(summary) > MAX_POLYLINE:
-        return None
-    bounds = polyline_bounds(summary)
-    if bounds is None:
-        return None
-    return {"summary_polyline": summary, "bounds": bounds}
+    Only the summary polyline is handed out, in the feed and in the detail alike: Strava's full
+    `map.polyline` (thousands of points) is never served, so it needs no trim of its own.
+    """
+    raw_map = activity.get("map")
+    route = routes.get(raw_map.get("summary_polyline")) if isinstance(raw_map, dict) else None
+    return route.as_map() if route is not None else None
 
 
 def _num(value: Any) -> float | int | None:
@@ -89,9 +79,9 @@ def links(activity: dict[str, Any], activity_id: int | None, public: dict[str, A
     }
 
 
-def summary(activity: dict[str, Any]) -> dict[str, Any]:
+def summary(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any]:
     activity_id = _activity_id(activity.get("id"))
-    public = public_map(activity)
+    public = public_map(activity, routes)
     return {
         "id": activity.get("id"),
         "name": _str(activity.get("name"), 300),
@@ -119,9 +109,9 @@ def _primary_photo(activity: dict[str, Any]) -> str | None:
     return url if isinstance(url, str) and url.startswith("https://") else None
 
 
-def detail(activity: dict[str, Any]) -> dict[str, Any]:
+def detail(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any]:
     return {
-        **summary(activity),
+        **summary(activity, routes),
         "description": _str(activity.get("description"), 5000),
         "photo_url": _primary_photo(activity),
         "max_speed_mps": _num(activity.get("max_speed")),
