@@ -24,7 +24,7 @@ from service.projects.strava_integration.config import DOCUMENTED, StravaSetting
 from service.projects.strava_integration.data import FeedQuery, Rendered, StravaData
 from service.projects.strava_integration.errors import AUTH_START_PATH, UpstreamError
 from service.projects.strava_integration.privacy import TrimmedRoutes
-from service.projects.strava_integration.route_svg import SVG_PARAMS, SVG_RESPONSES, RouteSvg
+from service.projects.strava_integration.route_svg import MEDIA_TYPE, SVG_PARAMS, SVG_RESPONSES, RouteSvg
 from service.projects.strava_integration.sandbox import Sandbox
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
 from service.projects.strava_integration.webhook import ASPECT_TYPES, MAX_ID, OBJECT_TYPES, Event, Webhook
@@ -165,9 +165,13 @@ def build(ctx: ProjectContext) -> ProjectApp:
     trimmed = TrimmedRoutes(settings.privacy_trim_meters, max_chars=settings.cache_max_bytes // 8)
     data = StravaData(settings, client, ctx.metrics, ctx.clock, trimmed)
     control = cache_control(settings.cache_ttl_seconds, settings.cache_stale_seconds)
-    route_svg = describe("The activity's route as an SVG image", params=SVG_PARAMS, responses=SVG_RESPONSES, tags=TAGS)(
-        RouteSvg(data.route, control, max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes // 8)
-    )
+    route_svg = describe(
+        "The activity's route as an SVG image",
+        params=SVG_PARAMS,
+        responses=SVG_RESPONSES,
+        tags=TAGS,
+        media_type=MEDIA_TYPE,
+    )(RouteSvg(data.route, control, max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes // 8))
     signer = oauth.StateSigner((settings.client_secret or "") + "\x00" + (settings.admin_api_key or ""), ctx.clock)
 
     async def on_event(event: Event) -> None:
