@@ -9,14 +9,17 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import threading
 from collections.abc import Sequence
 
 import pytest
 
+from service.projects.strava_integration import privacy
 from service.projects.strava_integration.polyline import decode_polyline, encode_polyline
 from service.projects.strava_integration.privacy import (
     ROUNDING_SLACK_M,
     Point,
+    Route,
     TrimmedRoutes,
     _enforce,
     _margin,
@@ -256,3 +259,31 @@ def test_trimmed_routes_memo_returns_the_same_object_while_the_polyline_is_uncha
     assert routes.chars == sum(map(len, routes.entries))
     small = TrimmedRoutes(200, max_chars=len(loop) - 1)
     assert small.get(loop) is not None and not small.entries  # bigger than the bound: not kept
+
+
+async def test_warm_trims_off_the_loop_what_get_then_finds() -> None:
+    routes = TrimmedRoutes(200)
+    loop, eight = shape(LONDON, LOOP), shape(LONDON, FIGURE_EIGHT)
+    known = routes.get(loop)
+    await routes.warm([loop, eight, eight, None, 42, "_p~iF~ps|U_"])
+    assert routes.get(loop) is known  # already memoized: not trimmed again, not replaced
+    warmed = routes.entries[eight]
+    assert warmed is not None and routes.get(eight) is warmed
+    assert warmed.polylines == public_route(eight, 200).polylines  # type: ignore[union-attr]
+    assert "_p~iF~ps|U_" in routes.entries and routes.get("_p~iF~ps|U_") is None  # malformed: remembered as nothing
+    assert len(routes.entries) == 3 and routes.chars == sum(map(len, routes.entries))
+
+
+async def test_warm_runs_the_trim_in_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+
+    def spy(encoded: object, radius_m: float) -> Route | None:
+        threads.append(threading.get_ident())
+        return public_route(encoded, radius_m)
+
+    monkeypatch.setattr(privacy, "public_route", spy)
+    routes = TrimmedRoutes(200)
+    await routes.warm([shape(LONDON, LOOP)])
+    assert threads and threading.get_ident() not in threads
+    await routes.warm([shape(LONDON, LOOP)])
+    assert len(threads) == 1  # memoized: no second trim
