@@ -29,7 +29,7 @@ from tests.strava_harness import (
     running_stack,
     wait_for_calls,
 )
-from tests.support import SECRETS, ServiceProcess
+from tests.support import SECRETS, ServiceProcess, wait_until
 
 TTL, STALE = 120, 900
 DEFAULT_TRIM_M = 200  # STRAVA_PRIVACY_TRIM_METERS' default
@@ -408,6 +408,9 @@ def test_health_passes_and_metrics_need_the_bearer_token(stack: Stack) -> None:
 
 def test_sandbox_serves_a_simulated_feed_and_says_so(sandbox_service: ServiceProcess) -> None:
     base = sandbox_service.base_url
+    # The sandbox is shared by the whole session: past its TTL the first answer is stale while a
+    # refresh runs (stale-while-revalidate), so wait for a fresh one rather than assume it.
+    assert wait_until(lambda: httpx.get(base + PREFIX + "/feed", timeout=10).json().get("stale") is False, 15)
     feed = httpx.get(base + PREFIX + "/feed", timeout=10)
     assert feed.status_code == 200, feed.text
     assert feed.json()["count"] > 0 and feed.json()["stale"] is False
