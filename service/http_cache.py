@@ -172,7 +172,7 @@ class PreparedJSON:
     """
 
     __slots__ = (
-        "_chosen",
+        "_by_header",
         "_extra",
         "_variants",
         "body",
@@ -201,8 +201,8 @@ class PreparedJSON:
         self.ok = self.identity.ok
         self.not_modified = self.identity.not_modified
         self._variants = {IDENTITY: self.identity}
-        # Negotiated preference (one interned tuple per Accept-Encoding value) -> the variant to send.
-        self._chosen: dict[tuple[str, ...], Variant | None] = {NO_PREFERENCE: self.identity}
+        # The raw Accept-Encoding (None: no header) -> the variant to send; bounded like `_NEGOTIATED`.
+        self._by_header: dict[bytes | None, Variant] = {}
 
     def variant(self, coding: str) -> Variant:
         """This body in `coding` (compressed now if this is the first time, then kept)."""
@@ -216,30 +216,14 @@ class PreparedJSON:
 
     def choose(self, order: tuple[str, ...]) -> Variant | None:
         """The variant for a negotiated preference order; None when nothing acceptable exists."""
-        try:
-            return self._chosen[order]
-        except KeyError:
-            pass
-        chosen: Variant | None = None
         identity_ok = IDENTITY in order
         for coding in order:
             candidate = self.variant(coding)
             if coding == IDENTITY or candidate.size < self.identity.size or not identity_ok:
-                chosen = candidate
-                break
-        self._chosen[order] = chosen  # bounded: one entry per distinct order, and there are few
-        return chosen
+                return candidate
+        return None
 
-    def for_request(self, scope: Scope) -> _Fixed:
-        if_none_match: bytes | None = None
-        accept_encoding: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                if if_none_match is None:
-                    if_none_match = value
-            elif name == b"accept-encoding":
-                # Several lines are one comma-joined list (RFC 9110 §5.3).
-                accept_encoding = value if accept_encoding is None else accept_encoding + b"," + value
+    def _negotiate(self, accept_encoding: bytes | None) -> Variant:
         chosen = self.choose(NO_PREFERENCE if accept_encoding is None else negotiated(accept_encoding))
         if chosen is None:
             raise ApiError(
@@ -248,6 +232,24 @@ class PreparedJSON:
                 f"No acceptable content coding; this resource is available as {', '.join(PREFERENCE)}.",
                 headers={"Vary": "Accept-Encoding"},
             )
+        if len(self._by_header) >= _NEGOTIATED_MAX:
+            self._by_header.clear()
+        self._by_header[accept_encoding] = chosen
+        return chosen
+
+    def for_request(self, scope: Scope) -> _Fixed:
+        if_none_match: bytes | None = None
+        accept_encoding: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"accept-encoding":
+                # Several lines are one comma-joined list (RFC 9110 §5.3).
+                accept_encoding = value if accept_encoding is None else accept_encoding + b"," + value
+            elif name == b"if-none-match" and if_none_match is None:
+                if_none_match = value
+        # One dict hit per request: the raw header (bytes hash once) -> the variant to send.
+        chosen = self._by_header.get(accept_encoding)
+        if chosen is None:
+            chosen = self._negotiate(accept_encoding)
         if if_none_match is not None and matches(if_none_match.decode("latin-1"), chosen.etag):
             return chosen.not_modified
         return chosen.ok

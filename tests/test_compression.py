@@ -86,6 +86,10 @@ def test_negotiation_is_memoized_by_raw_bytes_and_bounded() -> None:
     for i in range(3 * http_cache._NEGOTIATED_MAX):
         negotiated(f"gzip;q=0.{i % 1000:03d}".encode())
     assert len(http_cache._NEGOTIATED) <= http_cache._NEGOTIATED_MAX
+    prepared = PreparedJSON(BODY, ETAG, CONTROL)  # each body keeps its own raw header -> variant map
+    for i in range(3 * http_cache._NEGOTIATED_MAX):
+        prepared.for_request(scope_for(("Accept-Encoding", f"gzip;q=0.{i % 1000:03d}")))
+    assert 0 < len(prepared._by_header) <= http_cache._NEGOTIATED_MAX
 
 
 # ---- PreparedJSON as an ASGI app ----
