@@ -66,7 +66,7 @@ def _brotli(body: bytes) -> bytes:
 CODERS: dict[str, tuple[Callable[[bytes], bytes], str]] = {"br": (_brotli, "-br"), "gzip": (_gzip, "-gz")}
 PREFERENCE = (*CODERS, IDENTITY)
 _ALIASES = {"x-gzip": "gzip"}  # RFC 9110 §8.4.1.3: x-gzip is gzip
-_QVALUE = re.compile(r"q=(0(?:\.\d{0,3})?|1(?:\.0{0,3})?)", re.IGNORECASE)
+_QVALUE = re.compile(r"q=(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)", re.IGNORECASE)
 
 
 def negotiate(accept_encoding: str) -> tuple[str, ...]:
@@ -118,6 +118,8 @@ def negotiated(raw: bytes) -> tuple[str, ...]:
     order = _NEGOTIATED.get(raw)
     if order is None:
         order = negotiate(raw.decode("latin-1"))
+        if len(raw) > _MAX_ACCEPT_ENCODING:
+            return order  # kept keys stay small: a 60 kB header is parsed (its first 512 bytes) each time
         if len(_NEGOTIATED) >= _NEGOTIATED_MAX:
             _NEGOTIATED.clear()
         _NEGOTIATED[raw] = order
@@ -232,9 +234,10 @@ class PreparedJSON:
                 f"No acceptable content coding; this resource is available as {', '.join(PREFERENCE)}.",
                 headers={"Vary": "Accept-Encoding"},
             )
-        if len(self._by_header) >= _NEGOTIATED_MAX:
-            self._by_header.clear()
-        self._by_header[accept_encoding] = chosen
+        if accept_encoding is None or len(accept_encoding) <= _MAX_ACCEPT_ENCODING:
+            if len(self._by_header) >= _NEGOTIATED_MAX:
+                self._by_header.clear()
+            self._by_header[accept_encoding] = chosen
         return chosen
 
     def for_request(self, scope: Scope) -> _Fixed:

@@ -80,7 +80,7 @@ def test_an_overlong_header_is_cut_at_an_item_boundary() -> None:
     assert "gzip" not in negotiate(head + ", gzip;q=0")  # the same item, whole, does refuse
 
 
-def test_negotiation_is_memoized_by_raw_bytes_and_bounded() -> None:
+async def test_negotiation_is_memoized_by_raw_bytes_and_bounded() -> None:
     first = negotiated(b"gzip, deflate, br")
     assert negotiated(b"gzip, deflate, br") is first  # the same tuple: a dict hit, no parsing
     for i in range(3 * http_cache._NEGOTIATED_MAX):
@@ -90,6 +90,11 @@ def test_negotiation_is_memoized_by_raw_bytes_and_bounded() -> None:
     for i in range(3 * http_cache._NEGOTIATED_MAX):
         prepared.for_request(scope_for(("Accept-Encoding", f"gzip;q=0.{i % 1000:03d}")))
     assert 0 < len(prepared._by_header) <= http_cache._NEGOTIATED_MAX
+    # Keys stay small: an overlong header is answered but not remembered.
+    huge = "gzip, " + "x" * 60_000
+    _, headers, _ = await serve(prepared, ("Accept-Encoding", huge))
+    assert headers["content-encoding"] == "gzip"
+    assert huge.encode() not in http_cache._NEGOTIATED and huge.encode() not in prepared._by_header
 
 
 # ---- PreparedJSON as an ASGI app ----
