@@ -33,6 +33,7 @@ from schemathesis.core.failures import Failure
 from schemathesis.engine import Status, events
 from schemathesis.schemas import BaseSchema
 
+from service.projects.strava_integration.params import parse_time
 from tests.figures import record
 from tests.support import SECRETS, ServiceProcess
 
@@ -86,9 +87,10 @@ def _header(response: schemathesis.Response, name: str) -> str | None:
 
 
 def _epoch(case: schemathesis.Case, name: str) -> int | None:
+    """The time a feed parameter stands for (epoch seconds, a date or a date-time), as the server reads it."""
     value = (case.query or {}).get(name)
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
+    if isinstance(value, str):
+        return parse_time(value, round_up=name == "before")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 

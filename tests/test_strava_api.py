@@ -66,7 +66,7 @@ GROUPS = {
     "ride": {"Ride", "MountainBikeRide", "VirtualRide"},
     "swim": {"Swim"},
 }
-STRONG_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
+STRONG_ETAG = re.compile(r'^"[0-9a-f]{32}(?:-gz|-br)?"$')  # a suffix per content coding
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tests.support import serve_in_thread
 
 PREFIX = "/api/strava-integration"
 JS = "text/javascript; charset=utf-8"
-STRONG_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
+STRONG_ETAG = re.compile(r'^"[0-9a-f]{32}(?:-gz|-br)?"$')  # a suffix per content coding
 
 
 def serve(env: dict[str, str], sandbox: bool) -> Iterator[httpx.Client]:

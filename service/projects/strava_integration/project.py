@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from observability.health import CheckResult
 from service.errors import ApiError, invalid_parameter
-from service.http_cache import PreparedJSON, cache_control
+from service.http_cache import PreparedBody, cache_control
 from service.openapi import Param, describe
 from service.projects.strava_integration import oauth
 from service.projects.strava_integration.budget import Budget
@@ -23,6 +23,7 @@ from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.config import DOCUMENTED, StravaSettings, parse_settings
 from service.projects.strava_integration.data import FeedQuery, Rendered, StravaData
 from service.projects.strava_integration.errors import AUTH_START_PATH, UpstreamError
+from service.projects.strava_integration.params import TIME_SCHEMA, int_param, time_param
 from service.projects.strava_integration.privacy import TrimmedRoutes
 from service.projects.strava_integration.route_svg import MEDIA_TYPE, SVG_PARAMS, SVG_RESPONSES, RouteSvg
 from service.projects.strava_integration.sandbox import Sandbox
@@ -35,7 +36,6 @@ from service.security import require_api_key
 __all__ = ["DOCUMENTED", "PROJECT"]
 NAME = "strava-integration"
 TAGS = [NAME]
-MAX_EPOCH = 4_102_444_800  # 2100-01-01; anything later is a typo, not a date
 log = structlog.get_logger("strava")
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -57,15 +57,6 @@ def upstream_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _int_param(params: QueryParams, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or not lo <= int(raw) <= hi:
-        raise invalid_parameter(name, f"an integer from {lo} to {hi}")
-    return int(raw)
-
-
 _QUERIES: dict[bytes, FeedQuery] = {}
 _QUERIES_MAX = 1024
 
@@ -83,14 +74,14 @@ def feed_query(scope: Scope) -> FeedQuery:
 
 
 def _parse_feed_query(params: QueryParams) -> FeedQuery:
-    limit = _int_param(params, "limit", 30, 1, 200)
+    limit = int_param(params, "limit", 30, 1, 200)
     sport = params.get("sport_type") or None
     if sport is not None and (len(sport) > 40 or not sport.isascii() or not sport.isalpha()):
         raise invalid_parameter("sport_type", "a Strava sport type such as Run, Ride or TrailRun")
-    after = _int_param(params, "after", None, 0, MAX_EPOCH)
-    before = _int_param(params, "before", None, 0, MAX_EPOCH)
+    after = time_param(params, "after")
+    before = time_param(params, "before", round_up=True)
     if after is not None and before is not None and after >= before:
-        raise invalid_parameter("before", "a time (epoch seconds) later than after")
+        raise invalid_parameter("before", "a time later than after")
     return FeedQuery(limit or 30, sport, after, before)
 
 
@@ -114,7 +105,7 @@ class CachedJSONRoute:
             raise exc.api_error() from None
         prepared = rendered.prepared
         if prepared is None:
-            prepared = rendered.prepared = PreparedJSON(rendered.body, rendered.etag, self.control)
+            prepared = rendered.prepared = PreparedBody(rendered.body, rendered.etag, self.control)
         await prepared.for_request(scope)(scope, receive, send)
 
 
@@ -127,24 +118,16 @@ FEED_PARAMS = [
         allow_empty=True,
     ),
     Param("sport_type", {"type": "string", "pattern": "^[A-Za-z]{1,40}$"}, "Only this sport type.", allow_empty=True),
-    Param(
-        "after",
-        {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH},
-        "Started after (epoch seconds).",
-        allow_empty=True,
-    ),
-    Param(
-        "before",
-        {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH},
-        "Started before (epoch seconds).",
-        allow_empty=True,
-    ),
+    # Epoch seconds, a date (00:00 UTC) or a date-time with Z or an offset.
+    Param("after", TIME_SCHEMA, "Started after this time.", allow_empty=True),
+    Param("before", TIME_SCHEMA, "Started before this time.", allow_empty=True),
 ]
 # The JSON parser (orjson) reads integers up to 64 bits, unsigned; it refuses bigger ones.
 EVENT_INT = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 DATA_RESPONSES = {
     "200": "OK",
     "304": "Not modified (If-None-Match)",
+    "406": "Accept-Encoding refuses identity and every coding we have",
     "422": "Invalid parameter",
     "502": "Strava failed and nothing is cached",
     "503": "Not configured, or the Strava budget is spent",

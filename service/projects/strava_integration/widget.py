@@ -104,7 +104,7 @@ def widget_routes(settings: StravaSettings, assets: Assets | None = None) -> lis
             etag_for(assets.demo),
             "no-cache",
             TEXT_HTML,
-            [(b"content-security-policy", assets.demo_csp.encode())],
+            [("content-security-policy", assets.demo_csp)],
         )
         demo = Asset("demo", page)
     script = {"200": "The script", "304": "Not modified (If-None-Match)"}
