@@ -94,6 +94,12 @@ async def settle(steps: int = 50) -> None:
         await asyncio.sleep(0)
 
 
+def held(cache: SWRCache, key: str) -> Any:
+    """The value the cache holds for `key`, None if it holds none."""
+    entry = cache.peek(key)
+    return None if entry is None else entry.value
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -143,7 +149,7 @@ async def test_inside_the_stale_window_the_old_value_is_served_at_once_and_one_r
     assert source.calls == 2  # the first load and exactly one refresh, however many stale reads
     assert counted.count("stale") == 5
     gate.set()
-    await until(lambda: cache.peek("k") is not None and cache.peek("k").value == "value2")  # type: ignore[union-attr]
+    await until(lambda: held(cache, "k") == "value2")
     fresh = await cache.get("k", source, "feed")
     assert (fresh.value, fresh.fetched_at, fresh.stale) == ("value2", clock.now, False)
     assert counted.count("hit") == 1
@@ -252,7 +258,7 @@ async def test_a_failed_forced_refresh_marks_a_fresh_value_stale_until_a_load_su
     assert counted.count("hit") == 1
     source.fail = None
     cache.refresh_in_background("k", source)
-    await until(lambda: cache.peek("k").value == "value3")  # type: ignore[union-attr]
+    await until(lambda: held(cache, "k") == "value3")
     assert (await cache.get("k", source, "feed")).stale is False
 
 
@@ -372,7 +378,7 @@ async def test_clear_during_a_load_keeps_that_load_from_refilling_the_cache(coun
     old, new = await asyncio.gather(before, after)
     assert old.value == "value1"  # its caller still gets an answer
     assert new.value == "value2"
-    assert cache.peek("k").value == "value2"  # type: ignore[union-attr]
+    assert held(cache, "k") == "value2"
     assert cache.bytes == source.size
 
 
@@ -398,7 +404,7 @@ async def test_a_background_refresh_does_not_start_while_one_runs(counted: Count
     await settle()
     assert source.calls == 2
     gate.set()
-    await until(lambda: cache.peek("k").value == "value2")  # type: ignore[union-attr]
+    await until(lambda: held(cache, "k") == "value2")
     await settle()
     assert source.calls == 2
 
@@ -415,7 +421,7 @@ async def test_refresh_again_schedules_one_more_load_after_the_running_one(count
     await settle()
     assert source.calls == 2  # not concurrently with the running one
     gate.set()
-    await until(lambda: cache.peek("k").value == "value3")  # type: ignore[union-attr]
+    await until(lambda: held(cache, "k") == "value3")
     await settle()
     assert source.calls == 3  # one more, however often it was asked for
 
@@ -424,7 +430,7 @@ async def test_refresh_again_without_a_running_load_starts_one(counted: Counted)
     cache, source = counted.cache, Source()
     await cache.get("k", source, "feed")
     cache.refresh_in_background("k", source, again=True)
-    await until(lambda: cache.peek("k").value == "value2")  # type: ignore[union-attr]
+    await until(lambda: held(cache, "k") == "value2")
     await settle()
     assert source.calls == 2
 
@@ -440,7 +446,7 @@ async def test_aclose_cancels_background_refreshes_and_starts_no_queued_one(coun
     assert source.cancelled == 1
     await settle()
     assert source.calls == 2  # the queued "again" refresh did not start after the cancellation
-    assert cache.peek("k").value == "value1"  # type: ignore[union-attr]
+    assert held(cache, "k") == "value1"
 
 
 async def test_aclose_with_nothing_running_returns(counted: Counted) -> None:
