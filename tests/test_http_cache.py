@@ -9,7 +9,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.http_cache import PreparedJSON, cache_control, etag_for, matches
+from service.http_cache import PreparedBody, cache_control, etag_for, matches
 
 BODY = b'{"items":[{"id":1,"name":"Morning Run"}]}'
 ETAG = etag_for(BODY)
@@ -78,7 +78,7 @@ def test_only_the_first_2048_characters_of_if_none_match_are_considered() -> Non
 # ---- the prepared responses over ASGI ----
 
 
-def prepared_app(prepared: PreparedJSON) -> ASGIApp:
+def prepared_app(prepared: PreparedBody) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await prepared.for_request(scope)(scope, receive, send)
 
@@ -87,7 +87,7 @@ def prepared_app(prepared: PreparedJSON) -> ASGIApp:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = prepared_app(PreparedJSON(BODY, ETAG, CONTROL))
+    app = prepared_app(PreparedBody(BODY, ETAG, CONTROL))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         yield c
 

@@ -20,7 +20,7 @@ from observability.logging import add_request_id
 from observability.metrics import HttpMetrics
 from observability.middleware import ObservabilityMiddleware
 from service.errors import EXCEPTION_HANDLERS
-from service.http_cache import PreparedJSON, cache_control, etag_for
+from service.http_cache import PreparedBody, cache_control, etag_for
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -90,7 +90,7 @@ def test_request_id_of_reads_the_scope_state() -> None:
 
 # ---- the echo, through the observability middleware ----
 
-PREPARED = PreparedJSON(b'{"ok":true}', etag_for(b'{"ok":true}'), cache_control(60, 300))
+PREPARED = PreparedBody(b'{"ok":true}', etag_for(b'{"ok":true}'), cache_control(60, 300))
 
 
 async def inside(request: Request) -> Response:
