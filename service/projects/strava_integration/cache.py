@@ -99,7 +99,7 @@ class SharedTier:
         return int(raw) if raw is not None and raw.isdigit() else 0
 
     async def read(self, key: str) -> Entry | None:
-        """The stored entry, refined; raises StoreError when the store does not answer."""
+        """The stored entry as stored (see `refined`); raises StoreError when the store does not answer."""
         raw = await self.store.get(self.entry_key(key))
         if raw is None:
             return None
@@ -109,11 +109,20 @@ class SharedTier:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("shared_cache_entry_unreadable", key=key)
             return None
-        version = version if isinstance(version, int) else None
-        refined = await self.refine(key, value, version)
-        if refined is None:
+        return Entry(value, len(raw), fetched_at, version=version if isinstance(version, int) else None)
+
+    async def refined(self, key: str, entry: Entry | None) -> Entry | None:
+        """`entry` less what was invalidated since its load began; None if nothing of it may be served.
+
+        Done only for an entry about to be used, so a read that is not used costs one round trip.
+        """
+        if entry is None:
             return None
-        return Entry(refined, len(raw), fetched_at, version=version)
+        value = await self.refine(key, entry.value, entry.version)
+        if value is None:
+            return None
+        entry.value = value
+        return entry
 
     async def write(self, key: str, entry: Entry, ttl_s: float) -> None:
         record = orjson.dumps({"at": entry.fetched_at, "v": entry.version, "value": entry.value})
@@ -259,6 +268,7 @@ class SWRCache:
         answer = self._answer(found, newer_than, min_version, fresh=True)
         if answer is None and local is None and min_version is None:
             answer = self._answer(found, newer_than, None, fresh=False)  # stale: served, and the caller refreshes
+        answer = await shared.refined(key, answer)
         if answer is not None:
             return answer
         try:
@@ -269,7 +279,8 @@ class SWRCache:
                 label=f"{shared.namespace}:load",
             ):
                 # Whoever held the lock before us may have just loaded it.
-                answer = self._answer(await self._read_quietly(shared, key), newer_than, min_version, fresh=True)
+                found = await self._read_quietly(shared, key)
+                answer = await shared.refined(key, self._answer(found, newer_than, min_version, fresh=True))
                 if answer is not None:
                     return answer
                 entry = await self._load_here(loader, await shared.version())
@@ -288,7 +299,7 @@ class SWRCache:
         except LockUnavailable:
             # The holder is alive and still loading: its answer, else stale, never a second load.
             found = await self._read_quietly(shared, key)
-            answer = self._answer(found, newer_than, None, fresh=False)
+            answer = await shared.refined(key, self._answer(found, newer_than, None, fresh=False))
             if answer is not None:
                 return answer
             raise shared.busy() from None
