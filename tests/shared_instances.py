@@ -17,14 +17,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from observability.metrics import Metrics
 from service.app import create_app
 from service.projects.strava_integration import PROJECT
 from service.settings import load_settings
 from service.store import RedisStore, StoreMetrics
 from service.store.interface import Subscriber, Unsubscribe
-from tests.strava_harness import IN_PROCESS_LOG, Sim, Stack, _settled_log_tail, logging_redactor, service_env
-from tests.support import serve_in_thread
+from tests.redis_server import RedisServer
+from tests.strava_harness import (
+    IN_PROCESS_LOG,
+    Sim,
+    Stack,
+    _settled_log_tail,
+    logging_redactor,
+    running_simulator,
+    service_env,
+)
+from tests.support import FakeClock, serve_in_thread
+
+# Fixtures for the test modules (import the *_fixture names there): one server, clock and simulator per module.
+
+
+@pytest.fixture(scope="module", name="redis_server")
+def redis_server_fixture() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module", name="clock")
+def clock_fixture() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="module", name="sim")
+def sim_fixture(clock: FakeClock) -> Iterator[Sim]:
+    with running_simulator(clock) as running:
+        yield running
+
 
 _prefixes = itertools.count()
 # Above the production default (0.25 s) so a busy test machine does not turn a slow answer into an outage.
@@ -112,9 +143,10 @@ def running_instances(
     tmp_path: Path,
     clock: Callable[[], float],
     redis_url: str,
+    env: dict[str, str] | None = None,
+    *,
     count: int = 3,
     deaf: tuple[int, ...] = (),
-    **extra: str,
 ) -> Iterator[list[Instance]]:
     """`count` instances; those numbered in `deaf` hear no pub/sub message (see DeafStore)."""
     seed = tmp_path / "seed" / "tokens.json"
@@ -137,7 +169,7 @@ def running_instances(
                 ping_interval_s=PING_INTERVAL_S,
             )
             settings = load_settings(
-                service_env(sim, token_file, **extra), parsers={PROJECT.name: PROJECT.parse_settings}
+                service_env(sim, token_file, **(env or {})), parsers={PROJECT.name: PROJECT.parse_settings}
             )
             app = create_app(settings, redactor=logging_redactor(), clock=clock, store=store)
             url = stack.enter_context(serve_in_thread(app))

@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from service.projects.strava_integration.budget import window_end
 from tests.figures import record
 from tests.redis_server import RedisServer
-from tests.shared_instances import Instance, running_instances
-from tests.strava_harness import ADMIN, PREFIX, Sim, assert_error, running_simulator
+from tests.shared_instances import Instance, clock_fixture, redis_server_fixture, running_instances, sim_fixture  # noqa: F401
+from tests.strava_harness import ADMIN, PREFIX, Sim, assert_error
 from tests.support import FakeClock, wait_until
 
 TTL = 60
 ENV = {"STRAVA_CACHE_TTL_SECONDS": str(TTL), "STRAVA_CACHE_STALE_SECONDS": "3600"}
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def sim(clock: FakeClock) -> Iterator[Sim]:
-    with running_simulator(clock) as running:
-        yield running
 
 
 def api_calls(sim: Sim) -> int:
@@ -48,7 +28,7 @@ def feed_ids(instance: Instance) -> list[int]:
 def test_a_429_on_one_instance_stops_every_instance_until_the_window_resets(
     sim: Sim, clock: FakeClock, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    with running_instances(sim, tmp_path, clock, redis_server.url, **ENV) as (a, b, c):
+    with running_instances(sim, tmp_path, clock, redis_server.url, ENV) as (a, b, c):
         ids = feed_ids(a)
         assert feed_ids(b) == feed_ids(c) == ids  # from the store
 

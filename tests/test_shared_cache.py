@@ -17,34 +17,24 @@ import pytest
 
 from tests.figures import record
 from tests.redis_server import RedisServer
-from tests.shared_instances import Instance, operations_since, running_instances
-from tests.strava_harness import LIST_CALL, PREFIX, Sim, running_simulator
+from tests.shared_instances import (  # noqa: F401
+    Instance,
+    clock_fixture,
+    operations_since,
+    redis_server_fixture,
+    running_instances,
+    sim_fixture,
+)
+from tests.strava_harness import LIST_CALL, PREFIX, Sim
 from tests.support import FakeClock, wait_until
 
 TTL = 60
 ENV = {"STRAVA_CACHE_TTL_SECONDS": str(TTL), "STRAVA_CACHE_STALE_SECONDS": "3600"}
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def sim(clock: FakeClock) -> Iterator[Sim]:
-    with running_simulator(clock) as running:
-        yield running
-
-
 @pytest.fixture
 def instances(sim: Sim, clock: FakeClock, tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Instance]]:
-    with running_instances(sim, tmp_path, clock, redis_server.url, **ENV) as running:
+    with running_instances(sim, tmp_path, clock, redis_server.url, ENV) as running:
         yield running
 
 

@@ -12,28 +12,11 @@ import orjson
 import pytest
 
 from tests.redis_server import RedisServer
-from tests.shared_instances import Instance, event, running_instances
-from tests.strava_harness import ADMIN, LIST_CALL, PREFIX, Sim, assert_error, running_simulator
+from tests.shared_instances import Instance, clock_fixture, event, redis_server_fixture, running_instances, sim_fixture  # noqa: F401
+from tests.strava_harness import ADMIN, LIST_CALL, PREFIX, Sim, assert_error
 from tests.support import FakeClock, wait_until
 
 CALLBACK = PREFIX + "/auth/callback"
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def sim(clock: FakeClock) -> Iterator[Sim]:
-    with running_simulator(clock) as running:
-        yield running
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +22,15 @@ from service.projects.strava_integration.data import ACTIVITIES, FeedQuery, Stra
 from service.store import RedisStore, StoreMetrics
 from tests.figures import record
 from tests.redis_server import RedisServer
-from tests.shared_instances import Instance, event, running_instances
-from tests.strava_harness import LIST_CALL, PREFIX, Sim, running_simulator
+from tests.shared_instances import Instance, clock_fixture, event, redis_server_fixture, running_instances, sim_fixture  # noqa: F401
+from tests.strava_harness import LIST_CALL, PREFIX, Sim
 from tests.support import FakeClock, wait_until
+from tests.test_strava_data import FakeTokens, activity
 
 ENV = {"STRAVA_CACHE_TTL_SECONDS": "300", "STRAVA_CACHE_STALE_SECONDS": "3600"}
 # The spec says 1 s; the bound is looser so a loaded test machine does not fail it. The measured
 # time is recorded (docs/SCALING.md).
 WITHIN_S = 3.0
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def sim(clock: FakeClock) -> Iterator[Sim]:
-    with running_simulator(clock) as running:
-        yield running
 
 
 def feed_ids(instance: Instance) -> set[int]:
@@ -65,7 +49,7 @@ def post(instance: Instance, body: dict[str, Any]) -> int:
 def test_a_hide_on_one_instance_reaches_all_even_one_that_missed_the_message(
     sim: Sim, clock: FakeClock, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    with running_instances(sim, tmp_path, clock, redis_server.url, deaf=(2,), **ENV) as (a, b, deaf):
+    with running_instances(sim, tmp_path, clock, redis_server.url, ENV, deaf=(2,)) as (a, b, deaf):
         ids = feed_ids(a)
         assert feed_ids(b) == feed_ids(deaf) == ids
         target = sorted(ids)[len(ids) // 2]
@@ -91,7 +75,7 @@ def test_a_hide_on_one_instance_reaches_all_even_one_that_missed_the_message(
 def test_a_deauthorization_on_one_instance_purges_every_instance(
     sim: Sim, clock: FakeClock, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    with running_instances(sim, tmp_path, clock, redis_server.url, **ENV) as instances:
+    with running_instances(sim, tmp_path, clock, redis_server.url, ENV) as instances:
         a, b, c = instances
         for instance in instances:
             feed_ids(instance)
@@ -117,19 +101,6 @@ def test_a_deauthorization_on_one_instance_purges_every_instance(
 # ---- the data layer alone: two instances, one real store, Strava answers held at will ----
 
 
-def activity(activity_id: int, name: str, *, private: bool = False) -> dict[str, Any]:
-    return {
-        "id": activity_id,
-        "name": name,
-        "sport_type": "Run",
-        "start_date": f"2024-05-0{activity_id}T07:00:00Z",
-        "private": private,
-        "visibility": "everyone",
-        "map": {"summary_polyline": ""},
-        "athlete": {"id": 7},
-    }
-
-
 class FakeStrava:
     """One Strava for every instance: answers list calls from `lists` in order; call n waits for gates[n]."""
 
@@ -141,13 +112,6 @@ class FakeStrava:
 
 class FakeBudget:
     async def sync(self) -> None:
-        pass
-
-
-class FakeTokens:
-    athlete_id = 7
-
-    def learn_athlete(self, athlete_id: object) -> None:
         pass
 
 

@@ -19,24 +19,13 @@ import pytest
 import redis
 
 from tests.redis_server import RedisServer
-from tests.shared_instances import Instance, event, running_instances
-from tests.strava_harness import ADMIN, IN_PROCESS_LOG, LIST_CALL, PREFIX, Sim, assert_error, running_simulator
+from tests.shared_instances import Instance, clock_fixture, event, running_instances, sim_fixture  # noqa: F401
+from tests.strava_harness import ADMIN, IN_PROCESS_LOG, LIST_CALL, PREFIX, Sim, assert_error
 from tests.support import FakeClock, wait_until
 
 TTL = 60
 ENV = {"STRAVA_CACHE_TTL_SECONDS": str(TTL), "STRAVA_CACHE_STALE_SECONDS": "3600"}
 BACK_WITHIN_S = 10.0
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def sim(clock: FakeClock) -> Iterator[Sim]:
-    with running_simulator(clock) as running:
-        yield running
 
 
 @pytest.fixture
@@ -48,7 +37,7 @@ def server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def instances(sim: Sim, clock: FakeClock, tmp_path: Path, server: RedisServer) -> Iterator[list[Instance]]:
-    with running_instances(sim, tmp_path, clock, server.url, **ENV) as running:
+    with running_instances(sim, tmp_path, clock, server.url, ENV) as running:
         for instance in running:
             assert instance.stack.feed().status_code == 200  # each holds the list
         yield running
