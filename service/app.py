@@ -28,6 +28,7 @@ from service.registry import ProjectApp, ProjectContext, ProjectSpec
 from service.routing import StaticFirstRouter
 from service.security import SECURITY_HEADERS, bearer_matches, cors_middleware
 from service.settings import Settings
+from service.store import Store
 
 log = structlog.get_logger("service")
 PROBE_PATHS = ("/livez", "/readyz")
@@ -94,6 +95,7 @@ def create_app(
     projects: Sequence[ProjectSpec] | None = None,
     redactor: Redactor | None = None,
     clock: Callable[[], float] = time.time,
+    store: Store | None = None,
 ) -> Starlette:
     if projects is None:
         from service.projects import REGISTRY
@@ -105,7 +107,7 @@ def create_app(
     health = Health(SERVICE_NAME, __version__)
     built: list[tuple[ProjectSpec, ProjectApp]] = []
     for spec in enabled:
-        ctx = ProjectContext(spec.name, settings, settings.projects[spec.name], metrics, redactor, clock)
+        ctx = ProjectContext(spec.name, settings, settings.projects[spec.name], metrics, redactor, clock, store)
         project = spec.build(ctx)
         health.add_check(spec.name, project.health)
         if project.ready is not None:
@@ -190,6 +192,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if store is not None:  # before the projects, which subscribe to it
+                await store.start()
+                stack.push_async_callback(store.aclose)
             for spec, project in built:
                 if project.lifespan is not None:
                     await stack.enter_async_context(project.lifespan())

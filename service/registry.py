@@ -17,6 +17,7 @@ from observability.health import CheckResult
 from observability.metrics import Metrics
 from observability.redact import Redactor
 from service.settings import Settings
+from service.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class ProjectContext:
     metrics: Metrics
     redactor: Redactor
     clock: Callable[[], float]
+    store: Store | None = None  # shared state; None: the project keeps its own in memory
 
 
 @dataclass(slots=True)

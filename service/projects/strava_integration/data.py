@@ -3,13 +3,19 @@
 Three cached resources: the recent public activities (one upstream call fetches the newest
 200), one public activity's detail, and the athlete's stats. Feed bodies are rendered from the
 cached list once per (query, refresh) and kept, so a request costs a dict lookup.
+
+With a shared store (REDIS_URL) the cache has a second tier there (cache.py), changes reach every
+instance (invalidation.py), and hides are shared as `strava-integration:hidden`: `{"purged": n,
+"ids": {id: [n, at]}}`, where n numbers the change. An entry whose load began before change n
+loses what n hid, and is not served at all when a purge came after it began.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -19,7 +25,7 @@ import structlog
 from observability.metrics import Metrics
 from service.http_cache import etag_for
 from service.projects.strava_integration import shape
-from service.projects.strava_integration.cache import Lookup, SWRCache
+from service.projects.strava_integration.cache import Lookup, SharedTier, SWRCache
 from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
@@ -28,8 +34,11 @@ from service.projects.strava_integration.errors import (
     UpstreamBadResponse,
     UpstreamError,
     UpstreamNotFound,
+    UpstreamTimeout,
 )
+from service.projects.strava_integration.invalidation import Broadcast
 from service.projects.strava_integration.privacy import Route, TrimmedRoutes
+from service.store import Store, StoreError
 from service.timestamps import iso_utc
 
 log = structlog.get_logger("strava.data")
@@ -41,6 +50,11 @@ RENDERED_MAX = 256  # distinct feed queries kept rendered
 ACTIVITIES = "activities"
 STATS = "stats"
 ATHLETE = "athlete"
+NAMESPACE = "strava-integration"  # the store keys' project part
+HIDES_KEY = f"{NAMESPACE}:hidden"
+HIDE_KEEP_S = 600  # longer than any load can be on its way (the lock's ttl), so no load misses a hide
+CAS_TRIES = 8  # compare-and-set rounds before a contended shared update gives up
+LOCK_WAIT_MAX_S = 5.0  # a waiter for another instance's load falls back to stale after this
 
 
 class Rendered:
@@ -80,6 +94,7 @@ class StravaData:
         metrics: Metrics,
         clock: Callable[[], float],
         routes: TrimmedRoutes | None = None,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -87,6 +102,28 @@ class StravaData:
         # Every route handed out is trimmed here, in the loaders: once per refresh, before caching.
         self.routes = routes if routes is not None else TrimmedRoutes(settings.privacy_trim_meters)
         self._route_index: tuple[object, dict[int, Route]] | None = None  # (the list, its routes by id)
+        # The in-process store (one instance) adds nothing to the cache in memory: no second tier.
+        self.store = store if store is not None and store.backend != "memory" else None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._purge_pending = False  # a purge the store did not take yet: done again when it answers
+        self.shared: SharedTier | None = None
+        self.broadcast: Broadcast | None = None
+        if self.store is not None:
+            wait_s = min(settings.request_timeout_seconds + 1, LOCK_WAIT_MAX_S)
+            self.shared = SharedTier(
+                self.store,
+                NAMESPACE,
+                lock_ttl_s=settings.request_timeout_seconds + 5,
+                lock_wait_s=wait_s,
+                busy=lambda: UpstreamTimeout(
+                    "Another instance is loading this from Strava; try again shortly.", retry_after=round(wait_s)
+                ),
+                decode=_decode,
+                refine=self._refine,
+                on_written=lambda key, fetched_at: self._spawn(self.broadcast_fill(key, fetched_at)),
+            )
+            self.broadcast = Broadcast(self.store, NAMESPACE, apply=self._apply, on_gap=self._drop_local)
+            self.store.on_reconnect(self._after_outage)
         # Plain numbers, read at scrape time: a prometheus-client child (a lock per increment)
         # would cost more than the cache hit it counts. Every series exists from the start.
         self._cache_counts: dict[tuple[str, str], int] = {
@@ -105,6 +142,7 @@ class StravaData:
             max_bytes=settings.cache_max_bytes,
             clock=clock,
             on_result=self._count_cache_result,
+            shared=self.shared,
         )
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)
@@ -130,6 +168,7 @@ class StravaData:
     async def _load_activities(self) -> tuple[Any, int]:
         # A webhook event may arrive while this list is on its way: what it hid stays hidden.
         started_at_event = self._events
+        await self._sync_budget()
         raw = await self.client.activities(page=1, per_page=FEED_WINDOW)
         if not isinstance(raw, list):
             raise UpstreamBadResponse()
@@ -147,7 +186,13 @@ class StravaData:
         value = tuple(items)
         return value, len(orjson.dumps(items))
 
+    async def _sync_budget(self) -> None:
+        """Before an upstream call: what the other instances learnt of Strava's limits (shared store only)."""
+        if self.store is not None:
+            await self.client.budget.sync()
+
     async def _load_activity(self, activity_id: int) -> tuple[Any, int]:
+        await self._sync_budget()
         raw = await self.client.activity(activity_id)
         if not shape.is_public(raw):
             raise UpstreamNotFound("No such public activity.")
@@ -163,6 +208,7 @@ class StravaData:
         return lookup.value
 
     async def _load_athlete(self) -> tuple[Any, int]:
+        await self._sync_budget()
         athlete = await self.client.athlete()
         athlete_id = athlete.get("id") if isinstance(athlete, dict) else None
         if not isinstance(athlete_id, int):
@@ -178,7 +224,9 @@ class StravaData:
             return None
 
     async def _load_stats(self) -> tuple[Any, int]:
-        raw = await self.client.stats(await self._athlete_id())
+        athlete_id = await self._athlete_id()
+        await self._sync_budget()
+        raw = await self.client.stats(athlete_id)
         value = shape.stats(raw if isinstance(raw, dict) else {})
         return value, len(orjson.dumps(value))
 
@@ -259,8 +307,17 @@ class StravaData:
 
         A list already on its way was asked for before the change, so it must not bring the
         activity back: the id stays hidden from lists requested before this event, and a fresh
-        list is fetched after the one in flight.
+        list is fetched after the one in flight. With a shared store, every instance hides it
+        too, and lists loaded elsewhere before the change lose it (see `_refine`).
         """
+        self._hide_here(activity_id)
+        if self.broadcast is not None:
+            self._spawn(self._share_hide(activity_id))
+            return
+        self.cache.refresh_in_background(ACTIVITIES, self._load_activities, again=True)
+        self.cache.refresh_in_background(STATS, self._load_stats, again=True)
+
+    def _hide_here(self, activity_id: int) -> None:
         self._events += 1
         self._hidden[activity_id] = self._events
         if len(self._hidden) > MAX_HIDDEN:  # a flood of events: drop the oldest hides
@@ -272,8 +329,107 @@ class StravaData:
             if len(kept) != len(entry.value):
                 entry.value = kept
                 self._rendered.clear()
-        self.cache.refresh_in_background(ACTIVITIES, self._load_activities, again=True)
-        self.cache.refresh_in_background(STATS, self._load_stats, again=True)
+
+    async def _share_hide(self, activity_id: int) -> None:
+        """Record the hide, take it out of the shared entries, tell everyone; then refetch here."""
+        assert self.broadcast is not None and self.shared is not None and self.store is not None
+        version: int | None = None
+        try:
+            version = await self.broadcast.next_version()
+            await self._update_hides(
+                lambda record: record["ids"].__setitem__(str(activity_id), [version, self.clock()])
+            )
+            await self._drop_from_shared_list(activity_id)
+            await self.store.delete(self.shared.entry_key(f"activity:{activity_id}"))
+        except StoreError as exc:
+            # The others cannot hear of it now; they catch up at their next refresh. Ours goes on.
+            log.warning("strava_hide_not_shared", error=type(exc).__name__)
+        if version is not None:
+            await self.broadcast.announce(version, "hide", id=activity_id)
+        self.cache.refresh_in_background(ACTIVITIES, self._load_activities, again=True, min_version=version)
+        self.cache.refresh_in_background(STATS, self._load_stats, again=True, min_version=version)
+
+    async def _update_hides(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Read-modify-write of the shared hides, by compare-and-set; raises StoreError."""
+        assert self.store is not None
+        for _ in range(CAS_TRIES):
+            raw = await self.store.get(HIDES_KEY)
+            record = _hides(raw)
+            change(record)
+            now = self.clock()
+            ids = {k: v for k, v in record["ids"].items() if now - v[1] <= HIDE_KEEP_S}
+            record["ids"] = dict(list(ids.items())[-MAX_HIDDEN:])
+            new = orjson.dumps(record)
+            if await self.store.compare_and_set(HIDES_KEY, raw, new, ttl_s=self._entry_ttl()):
+                return
+        raise StoreError("store: the shared hides stayed contended")
+
+    async def _drop_from_shared_list(self, activity_id: int) -> None:
+        assert self.store is not None and self.shared is not None
+        key = self.shared.entry_key(ACTIVITIES)
+        for _ in range(CAS_TRIES):
+            raw = await self.store.get(key)
+            if raw is None:
+                return
+            try:
+                record = orjson.loads(raw)
+                kept = [a for a in record["value"] if a["id"] != activity_id]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                await self.store.delete(key)  # unreadable: nobody can use it anyway
+                return
+            if len(kept) == len(record["value"]):
+                return
+            record["value"] = kept
+            if await self.store.compare_and_set(key, raw, orjson.dumps(record), ttl_s=self._entry_ttl()):
+                return
+        raise StoreError("store: the shared list stayed contended")
+
+    def _entry_ttl(self) -> float:
+        return self.settings.cache_ttl_seconds + self.settings.cache_stale_seconds
+
+    async def _refine(self, key: str, value: Any, version: int | None) -> Any | None:
+        """What the changes since `version` leave of a value loaded (anywhere) from that version on."""
+        assert self.store is not None
+        try:
+            record = _hides(await self.store.get(HIDES_KEY))
+        except StoreError:
+            return value  # cannot tell: the instance that made a change also fixed the entries it knew
+        since = -1 if version is None else version  # unknown start: every hide applies
+        if version is not None and record["purged"] > version:
+            return None
+        hidden = {int(i) for i, (n, _) in record["ids"].items() if n > since}
+        if not hidden:
+            return value
+        if key == ACTIVITIES:
+            return tuple(a for a in value if a["id"] not in hidden)
+        if key.startswith("activity:") and int(key.partition(":")[2]) in hidden:
+            return None
+        return value
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        """Another instance's change, on this one."""
+        kind = message.get("kind")
+        if kind == "hide" and isinstance(message.get("id"), int):
+            self._hide_here(message["id"])
+        elif kind == "purge":
+            self.forget_cached()
+        elif kind == "fill" and isinstance(message.get("key"), str) and isinstance(message.get("at"), float | int):
+            entry = self.cache.peek(message["key"])
+            if entry is not None and entry.fetched_at < message["at"]:
+                self.cache.drop(message["key"])  # the next request takes the fresher one from the store
+
+    def _drop_local(self) -> None:
+        log.info("strava_local_cache_dropped", reason="missed an invalidation")
+        self.forget_cached()
+
+    async def broadcast_fill(self, key: str, fetched_at: float) -> None:
+        if self.broadcast is not None:
+            await self.broadcast.tell("fill", key=key, at=fetched_at)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def deauthorize(self) -> bool:
         """The athlete revoked access: every cached item goes at once; the tokens once Strava agrees.
@@ -306,23 +462,82 @@ class StravaData:
                 log.warning("strava_deauthorization_ignored", reason="Strava still accepts the grant")
                 return False
             await self.client.tokens.forget()
+            await self.purge()
             log.warning("strava_deauthorized")
             return True
+
+    async def purge(self) -> None:
+        """The owner's grant ended: nothing of theirs is served again, here or on any instance.
+
+        Local memory first, before any await, so no request here sees the data after this starts.
+        Then the shared entries go, and a purge version makes loads still on their way elsewhere
+        unservable. A store that does not answer gets the purge again as soon as it does.
+        """
+        self.forget_cached()
+        log.warning("strava_cache_purged")
+        if self.broadcast is not None:
+            self._purge_pending = True
+            await self._share_purge()
+
+    async def _share_purge(self) -> None:
+        assert self.broadcast is not None and self.shared is not None and self.store is not None
+        try:
+            version = await self.broadcast.next_version()
+            await self._update_hides(lambda record: record.__setitem__("purged", version))
+            keys = [ACTIVITIES, STATS, ATHLETE]
+            raw = await self.store.get(self.shared.entry_key(ACTIVITIES))
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                keys += [f"activity:{a['id']}" for a in orjson.loads(raw or b"")["value"]]
+            await self.store.delete(*(self.shared.entry_key(k) for k in keys))
+        except StoreError as exc:
+            log.warning("strava_purge_not_shared", error=type(exc).__name__, note="done again when the store answers")
+            return
+        self._purge_pending = False
+        await self.broadcast.announce(version, "purge")
+
+    async def _after_outage(self) -> None:
+        if self._purge_pending:
+            await self._share_purge()
 
     def forget_cached(self) -> None:
         self.cache.clear()
         self._rendered.clear()
 
+    async def start(self) -> None:
+        """Listen for the other instances' changes (with a shared store; nothing otherwise)."""
+        if self.broadcast is not None:
+            await self.broadcast.start()
+
     def cache_status(self) -> dict[str, Any]:
         return {"entries": len(self.cache), "bytes": self.cache.bytes, "ages_s": self.cache.ages()}
 
     async def aclose(self) -> None:
+        if self.broadcast is not None:
+            await self.broadcast.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cache.aclose()
 
 
 def _summary_polyline(activity: dict[str, Any]) -> object:
     raw_map = activity.get("map")
     return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
+def _decode(value: Any) -> Any:
+    """A stored value as the cache holds it: the activity list is a tuple (it is shared, never changed)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _hides(raw: bytes | None) -> dict[str, Any]:
+    """The shared hides record, or an empty one for nothing (or anything unreadable)."""
+    try:
+        record = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("ids"), dict):
+        return {"purged": 0, "ids": {}}
+    purged = record.get("purged")
+    return {"purged": purged if isinstance(purged, int) else 0, "ids": record["ids"]}
 
 
 def _wanted(item: dict[str, Any], query: FeedQuery) -> bool:

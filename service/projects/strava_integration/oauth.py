@@ -2,6 +2,9 @@
 
 `/auth/start` (admin key) redirects to Strava's authorize page with a signed, expiring,
 single-use `state`; `/auth/callback` checks it, exchanges the code and stores the tokens.
+Single use holds across instances: `redeem` claims the state in the store
+(`strava-integration:oauth-state:<payload>`), and refuses with a 503 rather than accept a state
+it could not claim.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 from service.errors import ApiError
+from service.store import Store, StoreError
 
 STATE_TTL_S = 600
 SCOPE = "read,activity:read"
 _MAX_STATE = 200
 _MAX_USED = 1024
+STORE_RETRY_AFTER_S = 5
 
 
 class StateSigner:
-    def __init__(self, secret: str, clock: Callable[[], float]) -> None:
+    def __init__(self, secret: str, clock: Callable[[], float], store: Store | None = None) -> None:
         self._key = hashlib.sha256(b"strava-oauth-state\x00" + secret.encode()).digest()
         self.clock = clock
+        self.store = store
         self._used: OrderedDict[str, float] = OrderedDict()
 
     def _sign(self, payload: str) -> str:
@@ -34,8 +40,28 @@ class StateSigner:
         payload = f"{int(self.clock()) + STATE_TTL_S}.{os.urandom(12).hex()}"
         return f"{payload}.{self._sign(payload)}"
 
-    def verify(self, state: str | None) -> None:
-        """Raises a 400 unless the state is ours, unexpired and unused."""
+    async def redeem(self, state: str | None) -> None:
+        """Raises a 400 unless the state is ours, unexpired and unused on any instance (then it is used).
+
+        A 503 when the store cannot say whether another instance took it: better a retry than a replay.
+        """
+        payload = self._check(state)
+        if self.store is None:
+            return
+        try:
+            claimed = await self.store.set_if_absent(f"strava-integration:oauth-state:{payload}", b"1", STATE_TTL_S)
+        except StoreError:
+            raise ApiError(
+                503,
+                "store_unavailable",
+                "The shared store did not answer, so the OAuth state cannot be checked; try again shortly.",
+                headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+            ) from None
+        if not claimed:
+            raise ApiError(400, "invalid_state", "The OAuth state was already used; start again.", parameter="state")
+
+    def _check(self, state: str | None) -> str:
+        """The state's payload, once it proved ours, unexpired and unused here; else a 400."""
         if not state or len(state) > _MAX_STATE or state.count(".") != 2:
             raise ApiError(400, "invalid_state", "The OAuth state is missing or malformed.", parameter="state")
         payload, _, signature = state.rpartition(".")
@@ -50,6 +76,7 @@ class StateSigner:
         self._used[payload] = expires
         while len(self._used) > _MAX_USED or (self._used and next(iter(self._used.values())) < now):
             self._used.popitem(last=False)
+        return payload
 
 
 def authorize_url(oauth_url: str, client_id: str, redirect_uri: str, state: str) -> str:

@@ -32,6 +32,7 @@ from service.projects.strava_integration.webhook import ASPECT_TYPES, MAX_ID, OB
 from service.projects.strava_integration.widget import widget_routes
 from service.registry import ProjectApp, ProjectContext, ProjectSpec
 from service.security import require_api_key
+from service.store import MemoryStore, StoreMetrics
 
 __all__ = ["DOCUMENTED", "PROJECT"]
 NAME = "strava-integration"
@@ -142,11 +143,12 @@ def build(ctx: ProjectContext) -> ProjectApp:
     for secret in settings.secrets():
         ctx.redactor.add_secret(secret)
     metrics = StravaMetrics(ctx.metrics)
-    budget = Budget(settings.budget_reserve, metrics, ctx.clock)
+    store = ctx.store or MemoryStore(StoreMetrics(ctx.metrics), ctx.clock)
+    budget = Budget(settings.budget_reserve, metrics, ctx.clock, store)
     client = StravaClient(settings, metrics, ctx.redactor, ctx.clock, budget)
     # The trim memo and the rendered maps each take an eighth of the cache's byte bound.
     trimmed = TrimmedRoutes(settings.privacy_trim_meters, max_chars=settings.cache_max_bytes // 8)
-    data = StravaData(settings, client, ctx.metrics, ctx.clock, trimmed)
+    data = StravaData(settings, client, ctx.metrics, ctx.clock, routes=trimmed, store=store)
     control = cache_control(settings.cache_ttl_seconds, settings.cache_stale_seconds)
     route_svg = describe(
         "The activity's route as an SVG image",
@@ -155,7 +157,8 @@ def build(ctx: ProjectContext) -> ProjectApp:
         tags=TAGS,
         media_type=MEDIA_TYPE,
     )(RouteSvg(data.route, control, max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes // 8))
-    signer = oauth.StateSigner((settings.client_secret or "") + "\x00" + (settings.admin_api_key or ""), ctx.clock)
+    secret = (settings.client_secret or "") + "\x00" + (settings.admin_api_key or "")
+    signer = oauth.StateSigner(secret, ctx.clock, store)
 
     async def on_event(event: Event) -> None:
         if client.tokens.athlete_id is None:
@@ -176,6 +179,8 @@ def build(ctx: ProjectContext) -> ProjectApp:
         owner_id=lambda: client.tokens.athlete_id,
         on_event=on_event,
         metrics=ctx.metrics,
+        store=store,
+        clock=ctx.clock,
     )
 
     feed = describe("Public activities, newest first", params=FEED_PARAMS, responses=DATA_RESPONSES, tags=TAGS)(
@@ -196,6 +201,7 @@ def build(ctx: ProjectContext) -> ProjectApp:
     @upstream_errors
     async def refresh(request: Request) -> Response:
         require_api_key(request, settings.admin_api_key)
+        await budget.sync()
         budget.check()
         started = data.refresh()
         return JSONResponse({"status": "accepted", "refreshing": started}, status_code=202)
@@ -282,7 +288,7 @@ def build(ctx: ProjectContext) -> ProjectApp:
         params = request.query_params
         if params.get("error"):
             raise ApiError(400, "authorization_denied", "The owner did not authorize the app on Strava.")
-        signer.verify(params.get("state"))
+        await signer.redeem(params.get("state"))
         code = params.get("code")
         if not code or len(code) > 512 or not code.isascii() or not code.isprintable():
             raise invalid_parameter("code", "the authorization code Strava sent")
@@ -341,7 +347,9 @@ def build(ctx: ProjectContext) -> ProjectApp:
             stack.push_async_callback(client.aclose)
             stack.push_async_callback(data.aclose)
             stack.push_async_callback(webhook.aclose)
+            stack.push_async_callback(budget.aclose)
             await client.start()
+            await data.start()
             yield
 
     def info() -> dict[str, Any]:

@@ -2,11 +2,19 @@
 
 The handler validates, counts and hands the event to `on_event`, which only drops cache
 entries and schedules refreshes; nothing here waits on Strava.
+
+Strava retries an event up to three times, and behind a load balancer each try may reach another
+instance: the first to claim `strava-integration:webhook:<object_type>:<object_id>:<aspect_type>:
+<event_time>` in the store handles it, the others answer 200 and skip it. Two kinds are never
+claimed, since a forger could claim them ahead of the real event: deauthorizations (each is
+checked with Strava anyway) and events dated in the future. A store that does not answer means
+the event is handled anyway: its effects are idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +27,7 @@ from starlette.responses import Response
 from observability.metrics import Metrics
 from service.errors import ApiError
 from service.security import secret_matches
+from service.store import Store, StoreError
 
 log = structlog.get_logger("strava.webhook")
 
@@ -28,6 +37,8 @@ MAX_ID = 2**64 - 1  # what the JSON parser reads as an integer (and the spec dec
 MAX_EXACT_FLOAT = 2**53  # above this a float is not an exact integer any more
 OBJECT_TYPES = ("activity", "athlete")
 ASPECT_TYPES = ("create", "update", "delete")
+CLAIM_TTL_S = 3600  # longer than Strava keeps retrying an event
+CLAIM_SKEW_S = 60  # an event_time further ahead than this is not claimed (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +101,11 @@ class Webhook:
         owner_id: Callable[[], int | None],
         on_event: Callable[[Event], Awaitable[None]],
         metrics: Metrics,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.store = store
+        self.clock = clock
         self.verify_token = verify_token
         self.subscription_id = subscription_id
         self.owner_id = owner_id
@@ -100,7 +115,7 @@ class Webhook:
             "Strava webhook events by type and outcome.",
             ("object_type", "aspect_type", "outcome"),
         )
-        self.counts = {"accepted": 0, "ignored": 0, "invalid": 0}
+        self.counts = {"accepted": 0, "ignored": 0, "invalid": 0, "duplicate": 0}
         self.last_event_at: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -132,12 +147,27 @@ class Webhook:
             self._count(event.object_type, event.aspect_type, "ignored")
             log.info("webhook_ignored", object_type=event.object_type, aspect_type=event.aspect_type)
             return _ok()
+        if not await self._claim(event):
+            self._count(event.object_type, event.aspect_type, "duplicate")
+            log.info("webhook_duplicate", object_type=event.object_type, aspect_type=event.aspect_type)
+            return _ok()
         self._count(event.object_type, event.aspect_type, "accepted")
         self.last_event_at = event.event_time
         task = asyncio.get_running_loop().create_task(self._handle(event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return _ok()
+
+    async def _claim(self, event: Event) -> bool:
+        """True unless another delivery of this event (here or on another instance) came first."""
+        if self.store is None or event.deauthorization or event.event_time > self.clock() + CLAIM_SKEW_S:
+            return True
+        key = f"strava-integration:webhook:{event.object_type}:{event.object_id}:{event.aspect_type}:{event.event_time}"
+        try:
+            return await self.store.set_if_absent(key, b"1", CLAIM_TTL_S)
+        except StoreError as exc:
+            log.warning("webhook_unclaimed", reason="store unavailable; handled anyway", error=type(exc).__name__)
+            return True
 
     async def _handle(self, event: Event) -> None:
         try:
