@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from observability.health import Health
+from observability.logging import lines_dropped
 from observability.metrics import Metrics
 from observability.middleware import ObservabilityMiddleware
 from observability.redact import Redactor
@@ -52,6 +53,9 @@ def create_app(
     redactor = redactor or Redactor()
     enabled = [p for p in projects if p.name in settings.projects] if settings.projects else []
     metrics = Metrics(__version__)
+    metrics.counter_from(
+        "log_lines_dropped", "Log lines dropped because the log reader fell behind.", (), lambda: {(): lines_dropped()}
+    )
     health = Health(SERVICE_NAME, __version__)
     mounted = [_build_project(spec, settings, metrics, redactor, clock, health) for spec in enabled]
     service = Service(settings, health, metrics, enabled)

@@ -62,10 +62,10 @@ def test_subscription_validation(stack: Stack) -> None:
     assert ok.json() == {"hub.challenge": "15f7d1a91c1f40f8"}
     assert_error(validate(stack, **{"hub.verify_token": "vtok-wrong-token"}), 403, "forbidden")
     assert_error(validate(stack, **{"hub.verify_token": None}), 403, "forbidden")
-    assert_error(validate(stack, **{"hub.mode": "unsubscribe"}), 400, "invalid_parameter")
-    assert_error(validate(stack, **{"hub.mode": None}), 400, "invalid_parameter")
-    assert_error(validate(stack, **{"hub.challenge": None}), 400, "invalid_parameter")
-    assert_error(validate(stack, **{"hub.challenge": "x" * 257}), 400, "invalid_parameter")
+    assert_error(validate(stack, **{"hub.mode": "unsubscribe"}), 400, "invalid_challenge", "hub.mode")
+    assert_error(validate(stack, **{"hub.mode": None}), 400, "invalid_challenge", "hub.mode")
+    assert_error(validate(stack, **{"hub.challenge": None}), 400, "invalid_challenge", "hub.challenge")
+    assert_error(validate(stack, **{"hub.challenge": "x" * 257}), 400, "invalid_challenge", "hub.challenge")
 
 
 def test_update_to_private_hides_the_activity_before_any_refetch_completes(stack: Stack) -> None:

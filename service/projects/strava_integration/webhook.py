@@ -109,8 +109,14 @@ class Webhook:
         mode = params.get("hub.mode")
         challenge = params.get("hub.challenge")
         token = params.get("hub.verify_token")
-        if mode != "subscribe" or not challenge or len(challenge) > MAX_CHALLENGE or not challenge.isprintable():
-            raise ApiError(400, "invalid_parameter", "hub.mode must be subscribe and hub.challenge a short string")
+        # A 400 with its own code: `invalid_parameter` is the 422 of our own API's queries, and
+        # Strava's validation request is answered as Strava's documentation describes.
+        if mode != "subscribe":
+            raise ApiError(400, "invalid_challenge", "hub.mode: expected subscribe", parameter="hub.mode")
+        if not challenge or len(challenge) > MAX_CHALLENGE or not challenge.isprintable():
+            raise ApiError(
+                400, "invalid_challenge", "hub.challenge: expected a short printable string", parameter="hub.challenge"
+            )
         if not self.verify_token or not secret_matches(token, self.verify_token):
             raise ApiError(403, "forbidden", "The verify token does not match.")
         return Response(orjson.dumps({"hub.challenge": challenge}), media_type="application/json")
