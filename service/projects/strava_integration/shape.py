@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.values import is_number
+
 MAX_POLYLINE = 100_000  # characters; longer strings are not decoded (and not served)
 
 
@@ -67,7 +69,7 @@ def public_map(activity: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _num(value: Any) -> float | int | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return value if is_number(value) else None
 
 
 def _str(value: Any, limit: int = 1000) -> str | None:

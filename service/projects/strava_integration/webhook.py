@@ -19,6 +19,7 @@ from starlette.responses import Response
 from observability.metrics import Metrics
 from service.errors import ApiError
 from service.security import secret_matches
+from service.values import is_int
 
 log = structlog.get_logger("strava.webhook")
 
@@ -49,7 +50,7 @@ def _int(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if isinstance(value, float) and value.is_integer() and value <= MAX_EXACT_FLOAT:
         value = int(value)  # JSON has one number type: 5.0 is the integer 5
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+    if not is_int(value) or not 0 <= value <= MAX_ID:
         raise ApiError(400, "invalid_event", f"{name}: expected a non-negative integer", parameter=name)
     return value
 
