@@ -163,7 +163,7 @@ class ErrorBoundary:
 
     SCOPE_KEY = EXCEPTION_HANDLERS_KEY
 
-    def __init__(self, handlers: Mapping[Any, ExceptionHandler]) -> None:
+    def __init__(self, handlers: Mapping[Any, Callable[..., Any]]) -> None:
         status: dict[int, ExceptionHandler] = {}
         classes: dict[Any, ExceptionHandler] = {}
         fallback: ExceptionHandler = handle_unexpected

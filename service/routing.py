@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "EXCEPTION_HANDLERS_KEY",
@@ -103,7 +103,7 @@ class StaticFirstRouter(Router):
 
 
 class ErrorsFactory(Protocol):
-    def __call__(self, handlers: Mapping[Any, ExceptionHandler], /) -> Any: ...
+    def __call__(self, handlers: Mapping[Any, Callable[..., Any]], /) -> Any: ...
 
 
 class OutermostFactory(Protocol):

@@ -138,7 +138,7 @@ def image_env(stage: Stage) -> dict[str, str]:
         if "=" not in words[0]:  # legacy `ENV KEY value with spaces`
             pairs = [(words[0], " ".join(words[1:]))]
         else:
-            pairs = [tuple(word.split("=", 1)) for word in words]
+            pairs = [(key, value) for key, value in (word.split("=", 1) for word in words)]
         before = dict(env)  # every substitution in one ENV line sees the values from before it
         env.update({key: expand(value, before) for key, value in pairs})
     return env

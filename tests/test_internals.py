@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -27,6 +27,7 @@ from service import http_protocol
 from service.errors import EXCEPTION_HANDLERS, ApiError, ErrorBoundary
 from service.http_protocol import BoundedHttpToolsProtocol
 from service.routing import EXCEPTION_HANDLERS_KEY, ServiceApp, StaticFirstRouter, get_route_path, is_async_callable
+from tests.support import drive
 
 SCOPE_KEYS = ("router", "route", "endpoint", "path_params", "root_path", "app_root_path")
 
@@ -42,10 +43,10 @@ async def _receive() -> dict[str, Any]:
 def run(app: ASGIApp, scope: Scope) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: Message) -> None:
+        sent.append(dict(message))
 
-    asyncio.run(app(scope, _receive, send))  # type: ignore[arg-type]
+    asyncio.run(drive(app, scope, _receive, send))
     return sent
 
 
@@ -138,7 +139,9 @@ def test_starlette_routes_render_errors_with_the_handlers_in_the_scope() -> None
 
     route = Route("/", fail)
     boundary = ErrorBoundary(EXCEPTION_HANDLERS)
-    sent = run(route, http_scope("/", **{EXCEPTION_HANDLERS_KEY: boundary.scope_value, "state": {}}))
+    scope = http_scope("/")
+    scope.update({EXCEPTION_HANDLERS_KEY: boundary.scope_value, "state": {}})
+    sent = run(route, scope)
     assert sent[0]["status"] == 422
     assert b'"error":"invalid_parameter"' in sent[1]["body"]
 

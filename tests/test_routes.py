@@ -8,6 +8,7 @@ checks of the same routes are in test_app, test_security and test_metrics.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import orjson
@@ -31,7 +32,7 @@ async def _ok() -> CheckResult:
     return CheckResult("pass", observed_value=1)
 
 
-def service(**settings: object) -> Service:
+def service(**settings: Any) -> Service:
     return Service(replace(Settings(), **settings), Health("siteapi", "9.9.9"), Metrics("9.9.9"), [SPEC])
 
 

@@ -245,4 +245,4 @@ def test_a_budget_error_renders_retry_after() -> None:
 
     for error in (BudgetExhausted(0), RateLimited(120)):
         assert error.status == 503
-        assert int(error.headers["Retry-After"]) == error.retry_after >= 1
+        assert error.retry_after is not None and int(error.headers["Retry-After"]) == error.retry_after >= 1

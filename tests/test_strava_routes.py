@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from starlette.requests import Request
-from starlette.types import Scope
+from starlette.types import Message, Scope
 
 from observability.metrics import HttpMetrics
 from observability.middleware import ObservabilityMiddleware
@@ -22,6 +22,7 @@ from service.errors import EXCEPTION_HANDLERS, ApiError, ErrorBoundary
 from service.projects.strava_integration import routes
 from service.projects.strava_integration.data import FeedQuery, Rendered
 from service.projects.strava_integration.errors import BudgetExhausted, UpstreamTimeout
+from tests.support import drive
 
 KEY = "admin-key-0123456789"
 
@@ -78,10 +79,10 @@ def serve(route: routes.CachedJSONRoute, query: bytes = b"") -> list[dict[str, A
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: Message) -> None:
+        sent.append(dict(message))
 
-    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    asyncio.run(drive(app, scope, receive, send))
     return sent
 
 
@@ -110,4 +111,5 @@ def test_a_data_routes_upstream_failure_and_bad_query_are_rendered_by_the_one_er
 
 def test_a_data_route_takes_its_name_and_description_from_its_loader() -> None:
     route = routes.CachedJSONRoute(routes.stats, parts())
-    assert route.__name__ == "stats" and route.__openapi__.summary.startswith("Athlete totals")
+    assert route.__name__ == "stats" and route.__openapi__ is not None
+    assert route.__openapi__.summary.startswith("Athlete totals")

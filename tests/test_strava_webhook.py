@@ -50,8 +50,12 @@ def feed_ids(stack: Stack) -> list[int]:
     return [a["id"] for a in response.json()["activities"]]
 
 
-def validate(stack: Stack, **params: str) -> Any:
-    query = {"hub.mode": "subscribe", "hub.challenge": "15f7d1a91c1f40f8", "hub.verify_token": VERIFY_TOKEN}
+def validate(stack: Stack, **params: str | None) -> Any:
+    query: dict[str, str | None] = {
+        "hub.mode": "subscribe",
+        "hub.challenge": "15f7d1a91c1f40f8",
+        "hub.verify_token": VERIFY_TOKEN,
+    }
     query.update(params)
     return stack.get(PREFIX + "/webhook", params={k: v for k, v in query.items() if v is not None})
 

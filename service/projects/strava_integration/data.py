@@ -128,7 +128,7 @@ class StravaData:
             # The list belongs to the token's athlete: learn who that is, for the webhook's owner check.
             if isinstance(activity, dict) and isinstance(activity.get("athlete"), dict):
                 self.client.tokens.learn_athlete(activity["athlete"].get("id"))
-        hidden = self._hidden
+        hidden: dict[Any, int] = self._hidden  # looked up with whatever id Strava sent
         items = [shape.summary(a) for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
         items.sort(key=lambda a: a["start_date"] or "", reverse=True)
         # Hides older than this list's request are reflected in it; newer ones must outlive it.
