@@ -31,6 +31,7 @@ MAX_LOGGED = 512  # longest path or user agent written to an access line
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 _sink: LineSink | None = None
 _dropped_by_closed_sinks = 0
+_PROCESSORS: list[Any] = []
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -182,8 +183,10 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
         std_renderer = structlog.processors.JSONRenderer(serializer=_orjson_str)
 
+    # One list, changed in place: loggers cached before a reconfiguration hold it, and follow it.
+    _PROCESSORS[:] = [*shared, structlog.processors.StackInfoRenderer(), *tail, renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
+        processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
