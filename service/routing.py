@@ -25,8 +25,10 @@ from starlette._utils import get_route_path, is_async_callable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.openapi import iter_routes
 
 __all__ = [
     "EXCEPTION_HANDLERS_KEY",
@@ -60,24 +62,16 @@ def bind(handler: Callable[[P, Request], Awaitable[Response]], parts: P) -> Endp
     return endpoint
 
 
-def _static_leaves(routes: Sequence[BaseRoute], prefix: str = "") -> list[tuple[str, str, Route]]:
-    """(full path, mount prefix, route) for every leaf route, through mounts."""
-    out = []
-    for route in routes:
-        if isinstance(route, Mount):
-            out += _static_leaves(route.routes, prefix + route.path)
-        elif isinstance(route, Route):
-            out.append((prefix + route.path_format, prefix, route))
-    return out
-
-
 class StaticFirstRouter(Router):
     def __init__(self, routes: Sequence[BaseRoute], **kwargs: Any) -> None:
         super().__init__(list(routes), **kwargs)
-        leaves = _static_leaves(self.routes)
-        uses = Counter(path for path, _, _ in leaves)
+        leaves = list(iter_routes(self.routes))
+        uses = Counter(path for path, _ in leaves)
+        # Each static path with its route and the prefix of the mounts it sits in.
         self._static: dict[str, tuple[Route, str]] = {
-            path: (route, prefix) for path, prefix, route in leaves if uses[path] == 1 and not route.param_convertors
+            path: (route, path[: len(path) - len(route.path_format)])
+            for path, route in leaves
+            if uses[path] == 1 and not route.param_convertors
         }
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:  # type: ignore[override]
