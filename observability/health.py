@@ -11,10 +11,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+
+from service.timestamps import iso_utc
 
 Status = Literal["pass", "warn", "fail"]
 _RANK = {"pass": 0, "warn": 1, "fail": 2}
@@ -22,7 +23,7 @@ CHECK_TIMEOUT_S = 2.0
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(time.time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,6 @@ class Health:
         self.version = version
         self.started = False
         self.draining = False
-        self.started_at = time.time()
         self._checks: dict[str, HealthCheck] = {}
         self._required: dict[str, ReadyCheck] = {}
 

@@ -1,8 +1,11 @@
-"""Logging: one JSON object per line on stdout, rendered with orjson, through one pipeline.
+"""Logging: one JSON object per line on stdout, rendered with orjson.
 
-structlog events and the standard library's records (uvicorn's among them) go through the same
-processors: request id, level, ISO-8601 UTC timestamp, redaction, then the renderer. Lines are
-handed to a writer thread, so a slow log reader never blocks the event loop.
+structlog events and the standard library's records (uvicorn's among them) go through one
+processor pipeline: request id, level, ISO-8601 UTC timestamp, redaction, then the renderer.
+The access line, written on every request, is the one exception: `AccessLog` renders its fixed
+fields itself, with one orjson call, and keeps the pipeline's guarantees by hand (see there).
+Lines are handed to a writer thread, so a slow log reader never blocks the event loop; the
+lines it had to drop are counted (`lines_dropped`, exported as a metric by the app).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import orjson
 import structlog
 
 from observability.redact import Redactor
+from service.timestamps import iso_utc_ms
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -26,6 +30,8 @@ BATCH_DELAY_S = 0.02
 MAX_LOGGED = 512  # longest path or user agent written to an access line
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 _sink: LineSink | None = None
+_dropped_by_closed_sinks = 0
+_PROCESSORS: list[Any] = []
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -122,6 +128,18 @@ class _SinkHandler(logging.Handler):
             self.handleError(record)
 
 
+def lines_dropped() -> int:
+    """Log lines dropped since start-up because the reader fell behind (a counter: never decreases)."""
+    sink = _sink
+    return _dropped_by_closed_sinks + (sink.dropped if sink is not None else 0)
+
+
+def add_timestamp(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # The access line's format, so every line of the log reads the same way.
+    event_dict["timestamp"] = iso_utc_ms(time.time())
+    return event_dict
+
+
 def add_request_id(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     if "request_id" not in event_dict:
         rid = request_id_var.get()
@@ -147,15 +165,14 @@ def configure_logging(
 ) -> Redactor:
     """Configure structlog and the standard library once, at start-up. Returns the redactor."""
     global _sink
-    if _sink is not None:
-        _sink.close()
+    _close_sink()
     redactor = redactor or Redactor()
     _sink = sink = LineSink(stream or sys.stdout.buffer)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         add_request_id,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        add_timestamp,
     ]
     tail: list[Any] = [redactor]
     if fmt == "console":
@@ -166,8 +183,10 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
         std_renderer = structlog.processors.JSONRenderer(serializer=_orjson_str)
 
+    # One list, changed in place: loggers cached before a reconfiguration hold it, and follow it.
+    _PROCESSORS[:] = [*shared, structlog.processors.StackInfoRenderer(), *tail, renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
+        processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
@@ -201,8 +220,10 @@ class AccessLog:
     """The access line, on every request: its fixed fields rendered by one orjson call.
 
     It skips structlog's processor chain (the line has no free-form fields) but keeps its
-    guarantees: the level filter, the UTC ISO-8601 timestamp, and redaction of the two fields a
-    client controls (the path with its query, and the user agent).
+    guarantees: the level filter (the middleware compares `min_level` before building the
+    fields), the same UTC ISO-8601 timestamp, and redaction of the two fields a client controls
+    (the path with its query, and the user agent). With the console format it goes through the
+    pipeline like any other event.
     """
 
     __slots__ = ("json", "min_level", "redactor")
@@ -211,9 +232,6 @@ class AccessLog:
         self.min_level = min_level
         self.json = json
         self.redactor = redactor
-
-    def enabled(self, level: int) -> bool:
-        return level >= self.min_level
 
     def emit(self, level: int, fields: dict[str, Any], path: str, query: bytes, agent: bytes | None) -> None:
         """`fields` starts with `event`, `level` and `timestamp` set to None, and has `path` and
@@ -227,35 +245,12 @@ class AccessLog:
         if self.json and sink is not None:
             fields["event"] = "request"
             fields["level"] = _LEVEL_NAMES[level]
-            fields["timestamp"] = _timestamp()
+            fields["timestamp"] = iso_utc_ms(time.time())
             sink.write(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
         else:
             for key in ("event", "level", "timestamp"):
                 del fields[key]
             structlog.get_logger("access").log(level, "request", **fields)
-
-
-_second = -1
-_second_prefix = ""
-_milli = -1
-_milli_text = ""
-
-
-def _timestamp() -> str:
-    """ISO 8601 UTC to the millisecond, formatted at most once per millisecond.
-
-    A busy service writes a dozen access lines in each millisecond; they share one string.
-    """
-    global _second, _second_prefix, _milli, _milli_text
-    milli = int(time.time() * 1000)
-    if milli != _milli:
-        second, frac = divmod(milli, 1000)
-        if second != _second:
-            _second_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            _second = second
-        _milli_text = f"{_second_prefix}.{frac:03d}Z"
-        _milli = milli
-    return _milli_text
 
 
 # Replaced by `configure_logging`; until then access lines go through structlog's defaults.
@@ -264,7 +259,13 @@ access_log = AccessLog(logging.INFO, False, Redactor())
 
 def flush_logs() -> None:
     """Drain the writer thread; called at shutdown so the last lines are not lost."""
-    global _sink
-    if _sink is not None:
-        _sink.close()
+    _close_sink()
+
+
+def _close_sink() -> None:
+    global _sink, _dropped_by_closed_sinks
+    sink = _sink
+    if sink is not None:
+        sink.close()
+        _dropped_by_closed_sinks += sink.dropped
         _sink = None

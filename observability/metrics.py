@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -52,7 +53,7 @@ class _Series:
 
 
 def _cumulative(bounds: Sequence[float], counts: list[int]) -> list[tuple[str, float]]:
-    out = []
+    out: list[tuple[str, float]] = []
     running = 0
     for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         running += count
@@ -114,7 +115,9 @@ class _BuildInfo(Collector):
         yield self._family
 
 
-Values = Callable[[], Mapping[tuple[str, ...], float]]
+# Label values (one per label name) to a count; a TypeVar so a caller's own tuple type is accepted.
+Labels = TypeVar("Labels", bound=tuple[str, ...])
+Values = Callable[[], Mapping[Any, float]]
 
 
 class _ValuesCounter(Collector):
@@ -170,7 +173,7 @@ class Metrics:
         name: str,
         documentation: str,
         labelnames: Sequence[str],
-        values: Values,
+        values: Callable[[], Mapping[Labels, float]],
     ) -> None:
         """A counter the caller keeps as plain numbers and `values` hands over at scrape time.
 

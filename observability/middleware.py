@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from observability import request_id
 from observability.logging import access_log, request_id_var
 from observability.metrics import OTHER_METHOD, STANDARD_METHODS, UNMATCHED_ROUTE, HttpMetrics
+from observability.request_id import HEADER as REQUEST_ID_HEADER
 
 CLIENT_CLOSED = 499
 DEBUG, INFO, ERROR = 10, 20, 40
@@ -91,7 +92,7 @@ class _Responder:
         # One pass over the headers for the two this middleware reads.
         given = agent = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            if name == REQUEST_ID_HEADER:
                 given = value if given is None else given
             elif name == b"user-agent":
                 agent = value
@@ -145,7 +146,7 @@ class _Responder:
             # A new list (the app may reuse its own), set on the message the app just made for us.
             message["headers"] = [
                 *message.get("headers", ()),
-                (b"x-request-id", self.request_id.encode()),
+                (REQUEST_ID_HEADER, self.request_id.encode()),
                 *self.mw.response_headers,
             ]
         elif kind == "http.response.body":

@@ -7,7 +7,7 @@ import re
 
 from starlette.types import Scope
 
-HEADER = b"x-request-id"
+HEADER = b"x-request-id"  # as ASGI servers hand header names over: lower case
 MAX_LENGTH = 128
 _VALID = re.compile(rb"[A-Za-z0-9._-]{1,128}\Z")
 

@@ -6,22 +6,24 @@ Every error body is `{"error": "<code>", "message": "...", "request_id": "..."}`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 import structlog
-from starlette._utils import is_async_callable
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
-from starlette.types import ExceptionHandler, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from observability.request_id import request_id_of
+from service.routing import EXCEPTION_HANDLERS_KEY, is_async_callable
 
 log = structlog.get_logger("service.errors")
+# What this module registers and calls: HTTP handlers only (the service has no websockets).
+ExceptionHandler = Callable[[Request, Exception], Any]
 
 # Stable codes for the statuses Starlette itself raises.
 STATUS_CODES: Mapping[int, tuple[str, str]] = {
@@ -142,7 +144,7 @@ async def handle_client_disconnect(request: Request, exc: Exception) -> Response
     return Response(status_code=499)
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: Mapping[Any, ExceptionHandler] = {
     ClientDisconnect: handle_client_disconnect,
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
@@ -155,13 +157,13 @@ class ErrorBoundary:
 
     It does what Starlette's `ServerErrorMiddleware` and `ExceptionMiddleware` do, without being
     two more layers that each wrap every `send`: the outermost middleware, which tracks whether
-    the response has started anyway, calls `respond` (see `ServiceApp`). Routes built by
+    the response has started anyway, calls `respond` (see `service.routing.ServiceApp`). Routes built by
     Starlette's `request_response` still find the handlers in the scope and render their own.
     """
 
-    SCOPE_KEY = "starlette.exception_handlers"
+    SCOPE_KEY = EXCEPTION_HANDLERS_KEY
 
-    def __init__(self, handlers: Mapping[Any, ExceptionHandler]) -> None:
+    def __init__(self, handlers: Mapping[Any, Callable[..., Any]]) -> None:
         status: dict[int, ExceptionHandler] = {}
         classes: dict[Any, ExceptionHandler] = {}
         fallback: ExceptionHandler = handle_unexpected
@@ -209,5 +211,5 @@ class ErrorBoundary:
 async def _call(handler: ExceptionHandler, request: Request, exc: Exception) -> Any:
     # As Starlette does: a plain function runs in the thread pool, off the event loop.
     if is_async_callable(handler):
-        return await handler(request, exc)  # type: ignore[misc]
-    return await run_in_threadpool(handler, request, exc)  # type: ignore[arg-type]
+        return await handler(request, exc)
+    return await run_in_threadpool(handler, request, exc)

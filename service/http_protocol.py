@@ -3,6 +3,9 @@
 With httptools, uvicorn limits neither how large a request's header may be nor how long a
 client may take to send it (`timeout_keep_alive` starts only after a first response), so a
 slow or silent client holds a connection, and a file descriptor, for as long as it likes.
+
+It overrides callbacks of uvicorn's (non-public) protocol class; tests/test_internals.py pins
+the ones it relies on, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import structlog
 import uvicorn
@@ -128,7 +130,7 @@ def _accept_queue_length(sock: socket.socket) -> int:
         return 0
 
 
-def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, app: Callable[..., Any], loop: str) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -156,7 +158,7 @@ def _configuration_error(exc: ConfigError) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None, projects: tuple[ProjectSpec, ...] = REGISTRY) -> int:
+def main(argv: list[str] | None = None, projects: tuple[ProjectSpec[Any], ...] = REGISTRY) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=f"{SERVICE_NAME} {__version__}")
     parser.add_argument("--sandbox", action="store_true", help="wire projects to their local simulators")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=DEFAULT_LOOP, help=argparse.SUPPRESS)

@@ -97,6 +97,7 @@ def _operation(path: str, route: Route, method: str) -> dict[str, Any]:
             Param("X-API-Key", {"type": "string", "maxLength": 512}, "Admin API key.", where="header").as_json()
         )
     responses: dict[str, Any] = {}
+    content: dict[str, Any] | None
     for status, description in op.responses.items():
         if status.startswith(("4", "5")):
             content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}

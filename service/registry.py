@@ -2,6 +2,8 @@
 
 A project is one package under `service/projects/<name>/` that exposes a `PROJECT` spec. The
 service knows projects only through these types and the list in `service/projects/__init__.py`.
+Both are generic over the project's own settings type, so a project's `build` is checked
+against what its `parse_settings` returns.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from starlette.routing import BaseRoute
 
@@ -19,18 +21,20 @@ from observability.redact import Redactor
 from service.settings import Settings
 from service.store import Store
 
+S = TypeVar("S")
+
 
 @dataclass(frozen=True, slots=True)
-class ProjectContext:
+class ProjectContext(Generic[S]):
     """What a project gets from the service when it is built."""
 
     name: str
     settings: Settings
-    project_settings: Any
+    project_settings: S
     metrics: Metrics
     redactor: Redactor
     clock: Callable[[], float]
-    store: Store | None = None  # shared state; None: the project keeps its own in memory
+    store: Store  # shared state: Redis when REDIS_URL is set, else in-process
 
 
 @dataclass(slots=True)
@@ -45,9 +49,9 @@ class ProjectApp:
 
 
 @dataclass(frozen=True, slots=True)
-class ProjectSpec:
+class ProjectSpec(Generic[S]):
     name: str  # the URL segment: /api/<name>/
     description: str
     version: str
-    parse_settings: Callable[[Mapping[str, str], Settings], Any]
-    build: Callable[[ProjectContext], ProjectApp]
+    parse_settings: Callable[[Mapping[str, str], Settings], S]
+    build: Callable[[ProjectContext[S]], ProjectApp]

@@ -60,6 +60,8 @@ class Harness:
 
 
 def make_tokens(settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, harness: Harness) -> TokenManager:
+    for secret in settings.secrets():  # as the project's `build` does, before anything can log them
+        harness.redactor.add_secret(secret)
     return TokenManager(settings, http, harness.strava, harness.redactor, clock)
 
 

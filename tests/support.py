@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 ROOT = Path(__file__).resolve().parent.parent
 # Fresh per test session: every log line the suite produces lands here, and is scanned for secrets.
@@ -61,6 +62,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def drive(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Await one ASGI call: `asyncio.run` wants a coroutine, and an ASGI app may hand back any awaitable."""
+    await app(scope, receive, send)
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:

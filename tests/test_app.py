@@ -100,7 +100,7 @@ def test_request_id_echoed_when_valid_and_replaced_when_not(service: ServiceProc
     good = httpx.get(service.base_url + "/", headers={"X-Request-ID": "abc-123_x.y"})
     assert good.headers["x-request-id"] == "abc-123_x.y"
     for bad in ("has space", "x" * 129, "semi;colon", "ünïcode"):
-        r = httpx.get(service.base_url + "/", headers={"X-Request-ID": bad.encode()})
+        r = httpx.get(service.base_url + "/", headers={b"X-Request-ID": bad.encode()})
         assert r.headers["x-request-id"] != bad
         assert len(r.headers["x-request-id"]) == 32
     err = httpx.get(service.base_url + "/missing", headers={"X-Request-ID": "trace-42"})

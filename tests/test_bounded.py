@@ -225,14 +225,16 @@ def test_memory_and_caches_stay_bounded_under_load(service_factory: type[Service
     etag = httpx.get(base + API + "/feed?limit=10", timeout=10).headers["etag"]
     traffic = MixedTraffic(public_ids, hot=public_ids[:8], etag=etag)
     warmup = asyncio.run(drive(base, None, WARMUP_SECONDS, traffic, seed=2))
-    rss_start = rss_mib(service.proc.pid)
+    assert service.proc is not None
+    pid = service.proc.pid
+    rss_start = rss_mib(pid)
 
     samples: list[float] = []
 
     async def soak() -> Counter[int]:
         async def sample() -> None:
             while True:
-                samples.append(rss_mib(service.proc.pid))
+                samples.append(rss_mib(pid))
                 await asyncio.sleep(1)
 
         sampler = asyncio.create_task(sample())

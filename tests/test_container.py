@@ -58,7 +58,7 @@ FORBIDDEN_DIRS = {
     ".ruff_cache",
     ".mypy_cache",
 }
-RUNTIME_IMPORTS = "import starlette, uvicorn, prometheus_client, structlog, orjson, httpx"
+RUNTIME_IMPORTS = "import starlette, uvicorn, prometheus_client, structlog, orjson, httpx, redis.asyncio, brotli"
 SIMULATOR_PACKAGE = "service.projects.strava_integration.simulator"
 NO_SIMULATOR_LINE = (
     "siteapi: configuration error: --sandbox: expected the Strava simulator, which is not part of this image; "
@@ -488,7 +488,10 @@ def unprivileged_prefix() -> list[str]:
     if setpriv is None:
         pytest.skip("setpriv (util-linux) is needed to drop root")
     prefix = [setpriv, f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", RUNTIME_IMPORTS], cwd="/", capture_output=True, timeout=30)
+    # The same interpreter, too: without read access to its home, the venv's python can start as another
+    # Python on the machine (Debian's), which then finds the venv's packages but not its version.
+    same = f"import sys; assert sys.version_info[:3] == {tuple(sys.version_info[:3])}; {RUNTIME_IMPORTS}"
+    probe = subprocess.run([*prefix, sys.executable, "-c", same], cwd="/", capture_output=True, timeout=30)
     if probe.returncode != 0:
         # The interpreter lives somewhere only root may read (pyenv under /root). Lend the process
         # read-only access, nothing more: it still cannot write anywhere the uid could not.

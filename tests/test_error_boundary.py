@@ -13,12 +13,13 @@ import orjson
 import pytest
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from observability.metrics import HttpMetrics
 from observability.middleware import ObservabilityMiddleware
 from service.errors import EXCEPTION_HANDLERS, ApiError, ErrorBoundary
 from service.security import SECURITY_HEADERS
+from tests.support import drive
 
 
 def call(app: Any) -> tuple[list[dict], BaseException | None, HttpMetrics, Scope]:
@@ -44,12 +45,12 @@ def call(app: Any) -> tuple[list[dict], BaseException | None, HttpMetrics, Scope
     async def receive() -> dict:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
+    async def send(message: Message) -> None:
+        sent.append(dict(message))
 
     raised: BaseException | None = None
     try:
-        asyncio.run(mw(scope, receive, send))
+        asyncio.run(drive(mw, scope, receive, send))
     except Exception as exc:
         raised = exc
     return sent, raised, metrics, scope
@@ -164,11 +165,11 @@ def test_a_failing_error_handler_is_still_a_500_and_raised() -> None:
     async def receive() -> dict:
         return {"type": "http.request", "body": b""}
 
-    async def send(message: dict) -> None:
+    async def send(message: Message) -> None:
         raise AssertionError("nothing can be sent")
 
     with pytest.raises(LookupError):
-        asyncio.run(mw(scope, receive, send))
+        asyncio.run(drive(mw, scope, receive, send))
     assert statuses(metrics) == {500: 1}
 
 
@@ -190,9 +191,9 @@ def test_plain_function_handlers_work_too() -> None:
     async def receive() -> dict:
         return {"type": "http.request", "body": b""}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
+    async def send(message: Message) -> None:
+        sent.append(dict(message))
 
-    asyncio.run(mw({"type": "http", "method": "GET", "path": "/x", "headers": [], "state": {}}, receive, send))
+    asyncio.run(drive(mw, {"type": "http", "method": "GET", "path": "/x", "headers": [], "state": {}}, receive, send))
     assert sent[0]["status"] == 410 and sent[1]["body"] == b"gone"
     assert statuses(metrics) == {410: 1}

@@ -208,9 +208,9 @@ def run(variant: str, schema: BaseSchema) -> None:
                     if check.status == Status.FAILURE and check.failure_info is not None:
                         failure = check.failure_info.failure
                         problems.append(f"{recorder.label} [{check.name}] {failure.title}: {failure.message}")
-                        interaction = recorder.interactions.get(case_id)
-                        if interaction is not None and interaction.response is not None:
-                            answer = interaction.response
+                        failed = recorder.interactions.get(case_id)
+                        if failed is not None and failed.response is not None:
+                            answer = failed.response
                             problems.append(f"    answered {answer.status_code}: {answer.content[:300]!r}")
                         problems.append(f"    {check.failure_info.code_sample[:2000]}")
         elif isinstance(event, events.NonFatalError):

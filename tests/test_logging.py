@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import time
 from datetime import datetime
 
@@ -11,8 +12,10 @@ import httpx
 import orjson
 import structlog
 
-from observability.logging import configure_logging, flush_logs, request_id_var
+from observability.logging import LineSink, configure_logging, flush_logs, lines_dropped, request_id_var
 from observability.redact import REDACTED, Redactor
+from service.app import create_app
+from service.settings import load_settings
 from tests.support import ServiceProcess, configure_test_logging, wait_until
 
 ACCESS_FIELDS = {
@@ -205,3 +208,37 @@ def _log_and_check(stream: io.BytesIO, redactor: Redactor) -> None:
     assert line["event"] == "hello" and line["request_id"] == "rid-xyz" and line["level"] == "info"
     assert line["refresh_token"] == REDACTED
     assert "learned-at-runtime-123" not in lines[0].decode()
+
+
+class _StuckReader(io.RawIOBase):
+    """A log reader that has stopped reading: every write blocks until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.release.wait(10)
+        return len(data)
+
+
+def test_lines_the_sink_drops_are_a_metric(monkeypatch) -> None:
+    monkeypatch.setattr(LineSink, "MAX_QUEUED", 5)
+    reader = _StuckReader()
+    configure_logging("info", "json", stream=reader)  # type: ignore[arg-type]
+    try:
+        registry = create_app(load_settings({})).state.metrics.registry
+        before = registry.get_sample_value("siteapi_log_lines_dropped_total")
+        assert before is not None and before == lines_dropped()
+        for i in range(50):
+            structlog.get_logger("t").info("flood", i=i)
+        # The writer takes at most one batch of 5 before it blocks, and 5 more wait in the queue.
+        after = registry.get_sample_value("siteapi_log_lines_dropped_total")
+        assert after is not None and after - before >= 40
+    finally:
+        reader.release.set()
+        configure_test_logging()
+    # A counter: the old sink's drops are still counted after logging is configured again.
+    assert registry.get_sample_value("siteapi_log_lines_dropped_total") >= after

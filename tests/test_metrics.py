@@ -25,13 +25,16 @@ def make_app(env: dict[str, str] | None = None):
     return create_app(settings, projects=PROJECTS)
 
 
-def sample(app, name: str, **labels: str) -> float | None:
-    return app.state.metrics.registry.get_sample_value(name, labels)
+def sample(app, name: str, **labels: str) -> float:
+    value = app.state.metrics.registry.get_sample_value(name, labels)
+    assert value is not None, (name, labels)
+    return value
 
 
 def count(app, method: str, route: str, status: int) -> float:
     # Recorded after the last byte is sent, so a client may see its response first: poll.
-    return sample(app, "siteapi_http_requests_total", method=method, route=route, status=str(status)) or 0.0
+    labels = {"method": method, "route": route, "status": str(status)}
+    return app.state.metrics.registry.get_sample_value("siteapi_http_requests_total", labels) or 0.0
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from service.errors import ApiError
 from service.projects.strava_integration import client as client_module
 from service.projects.strava_integration.budget import Budget
 from service.projects.strava_integration.client import (
@@ -233,15 +234,15 @@ async def test_status_and_logs_hold_no_secrets(make_client: ClientFactory, sim: 
     ],
 )
 def test_errors_carry_our_status_and_a_stable_code(error: UpstreamError, status: int, code: str) -> None:
+    # They are the API's errors themselves: rendered as they are, by the one error renderer.
+    assert isinstance(error, ApiError)
     assert (error.status, error.code) == (status, code)
-    api = error.api_error()
-    assert (api.status, api.code, api.message) == (status, code, error.message)
+    assert error.message and "Retry-After" not in error.headers
 
 
 def test_a_budget_error_renders_retry_after() -> None:
     from service.projects.strava_integration.client import BudgetExhausted, RateLimited
 
     for error in (BudgetExhausted(0), RateLimited(120)):
-        api = error.api_error()
-        assert api.status == 503
-        assert int(api.headers["Retry-After"]) == error.retry_after >= 1
+        assert error.status == 503
+        assert error.retry_after is not None and int(error.headers["Retry-After"]) == error.retry_after >= 1

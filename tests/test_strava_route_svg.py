@@ -26,12 +26,12 @@ from service.projects.strava_integration.route_svg import (
     CSP,
     DEFAULTS,
     SVG_PARAMS,
-    PreparedSvg,
     RenderCache,
     RouteSvg,
     SvgParams,
     parse_params,
     path_data,
+    prepared_svg,
     render,
     svg_params,
 )
@@ -305,20 +305,20 @@ def _route(points: list[Point]) -> Route:
 def test_render_cache_is_bounded_and_keyed_on_the_route_object() -> None:
     cache = RenderCache(max_entries=2, max_bytes=1000)
     r1, r2 = _route(SQUARE), _route(SQUARE)
-    p = PreparedSvg(b"x" * 100, "c")
+    p = prepared_svg(b"x" * 100, "c")
     cache.put(1, DEFAULTS, r1, p)
     assert cache.get(1, DEFAULTS, r1) is p
     assert cache.get(1, DEFAULTS, r2) is None  # an equal route, but a new one: rendered afresh
     assert cache.get(1, SvgParams(stroke_width=4), r1) is None
-    cache.put(2, DEFAULTS, r1, PreparedSvg(b"y" * 100, "c"))
+    cache.put(2, DEFAULTS, r1, prepared_svg(b"y" * 100, "c"))
     cache.get(1, DEFAULTS, r1)  # now 2 is the least recently used
-    cache.put(3, DEFAULTS, r1, PreparedSvg(b"z" * 100, "c"))
+    cache.put(3, DEFAULTS, r1, prepared_svg(b"z" * 100, "c"))
     assert [k[0] for k in cache.entries] == [1, 3]
-    cache.put(4, DEFAULTS, r1, PreparedSvg(b"w" * 950, "c"))  # over the byte bound: 1 and 3 go
+    cache.put(4, DEFAULTS, r1, prepared_svg(b"w" * 950, "c"))  # over the byte bound: 1 and 3 go
     assert [k[0] for k in cache.entries] == [4] and cache.bytes == 950
-    cache.put(5, DEFAULTS, r1, PreparedSvg(b"v" * 1001, "c"))  # bigger than the whole cache: not kept
+    cache.put(5, DEFAULTS, r1, prepared_svg(b"v" * 1001, "c"))  # bigger than the whole cache: not kept
     assert 5 not in [k[0] for k in cache.entries] and cache.bytes == 950
-    cache.put(4, DEFAULTS, r2, PreparedSvg(b"u" * 10, "c"))  # replaced, bytes follow
+    cache.put(4, DEFAULTS, r2, prepared_svg(b"u" * 10, "c"))  # replaced, bytes follow
     assert cache.bytes == 10 and len(cache.entries) == 1
 
 
@@ -367,7 +367,9 @@ async def client(endpoint: RouteSvg) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_serves_the_svg(client: httpx.AsyncClient, source: FakeSource) -> None:
-    response = await client.get(URL.format(1), params={"w": 400, "h": 200, "stroke": "#00AA00", "stroke_width": 4})
+    params = {"w": 400, "h": 200, "stroke": "#00AA00", "stroke_width": 4}
+    # Identity here, to check the bytes against their ETag; the coded variants are PreparedBody's (test_compression).
+    response = await client.get(URL.format(1), params=params, headers={"Accept-Encoding": "identity"})
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/svg+xml"
     assert response.headers["content-security-policy"] == CSP

@@ -50,8 +50,12 @@ def feed_ids(stack: Stack) -> list[int]:
     return [a["id"] for a in response.json()["activities"]]
 
 
-def validate(stack: Stack, **params: str) -> Any:
-    query = {"hub.mode": "subscribe", "hub.challenge": "15f7d1a91c1f40f8", "hub.verify_token": VERIFY_TOKEN}
+def validate(stack: Stack, **params: str | None) -> Any:
+    query: dict[str, str | None] = {
+        "hub.mode": "subscribe",
+        "hub.challenge": "15f7d1a91c1f40f8",
+        "hub.verify_token": VERIFY_TOKEN,
+    }
     query.update(params)
     return stack.get(PREFIX + "/webhook", params={k: v for k, v in query.items() if v is not None})
 
@@ -62,10 +66,10 @@ def test_subscription_validation(stack: Stack) -> None:
     assert ok.json() == {"hub.challenge": "15f7d1a91c1f40f8"}
     assert_error(validate(stack, **{"hub.verify_token": "vtok-wrong-token"}), 403, "forbidden")
     assert_error(validate(stack, **{"hub.verify_token": None}), 403, "forbidden")
-    assert_error(validate(stack, **{"hub.mode": "unsubscribe"}), 400, "invalid_parameter")
-    assert_error(validate(stack, **{"hub.mode": None}), 400, "invalid_parameter")
-    assert_error(validate(stack, **{"hub.challenge": None}), 400, "invalid_parameter")
-    assert_error(validate(stack, **{"hub.challenge": "x" * 257}), 400, "invalid_parameter")
+    assert_error(validate(stack, **{"hub.mode": "unsubscribe"}), 400, "invalid_challenge", "hub.mode")
+    assert_error(validate(stack, **{"hub.mode": None}), 400, "invalid_challenge", "hub.mode")
+    assert_error(validate(stack, **{"hub.challenge": None}), 400, "invalid_challenge", "hub.challenge")
+    assert_error(validate(stack, **{"hub.challenge": "x" * 257}), 400, "invalid_challenge", "hub.challenge")
 
 
 def test_update_to_private_hides_the_activity_before_any_refetch_completes(stack: Stack) -> None:

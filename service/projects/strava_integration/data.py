@@ -176,7 +176,7 @@ class StravaData:
             # The list belongs to the token's athlete: learn who that is, for the webhook's owner check.
             if isinstance(activity, dict) and isinstance(activity.get("athlete"), dict):
                 self.client.tokens.learn_athlete(activity["athlete"].get("id"))
-        hidden = self._hidden
+        hidden: dict[Any, int] = self._hidden  # looked up with whatever id Strava sent
         public = [a for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
         await self.routes.warm(_summary_polyline(a) for a in public)
         items = [shape.summary(a, self.routes) for a in public]
@@ -523,6 +523,8 @@ class StravaData:
 def _summary_polyline(activity: dict[str, Any]) -> object:
     raw_map = activity.get("map")
     return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
+
+
 def _decode(value: Any) -> Any:
     """A stored value as the cache holds it: the activity list is a tuple (it is shared, never changed)."""
     return tuple(value) if isinstance(value, list) else value

@@ -1,7 +1,9 @@
 """What can go wrong talking to Strava, as values: our HTTP status, a stable code, a safe message.
 
-Messages are written here or by the caller from fixed text; they never carry a token, a secret
-or an upstream URL, so routes may show them to visitors as they are.
+Each is an `ApiError`, so one raised anywhere below a route reaches the client through the
+app's one error renderer as it is, Retry-After included. Messages are written here or by the
+caller from fixed text; they never carry a token, a secret or an upstream URL, so routes may
+show them to visitors as they are.
 """
 
 from __future__ import annotations
@@ -11,22 +13,15 @@ from service.errors import ApiError
 AUTH_START_PATH = "/api/strava-integration/auth/start"
 
 
-class UpstreamError(Exception):
+class UpstreamError(ApiError):
     status: int = 502
     code: str = "strava_upstream_error"
     default_message: str = "Strava could not be reached."
 
     def __init__(self, message: str | None = None, *, retry_after: int | None = None, status: int | None = None):
-        self.message = message or self.default_message
-        super().__init__(self.message)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(status or self.status, self.code, message or self.default_message, headers=headers)
         self.retry_after = retry_after
-        if status is not None:
-            self.status = status
-
-    def api_error(self) -> ApiError:
-        """The same error as our API renders it, with Retry-After when there is one."""
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-        return ApiError(self.status, self.code, self.message, headers=headers)
 
 
 class BudgetExhausted(UpstreamError):

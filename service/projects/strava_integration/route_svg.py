@@ -20,9 +20,8 @@ from urllib.parse import parse_qsl
 from starlette.types import Receive, Scope, Send
 
 from service.errors import ApiError, invalid_parameter
-from service.http_cache import etag_for, matches
+from service.http_cache import PreparedBody, etag_for
 from service.openapi import Param
-from service.projects.strava_integration.errors import UpstreamError
 from service.projects.strava_integration.privacy import Point, Route
 
 MEDIA_TYPE = "image/svg+xml"
@@ -192,34 +191,9 @@ def title_for(activity_id: int) -> str:
     return f"Route map of activity {int(activity_id)}"
 
 
-class PreparedSvg:
-    """One rendered SVG as its 200 and its 304, headers built once."""
-
-    __slots__ = ("body", "etag", "not_modified_headers", "ok_headers")
-
-    def __init__(self, body: bytes, control: str) -> None:
-        self.body = body
-        self.etag = etag_for(body)
-        common = [(b"etag", self.etag.encode()), (b"cache-control", control.encode())]
-        self.not_modified_headers = common
-        self.ok_headers = [
-            (b"content-length", str(len(body)).encode()),
-            (b"content-type", MEDIA_TYPE.encode()),
-            (b"content-security-policy", CSP.encode()),
-            *common,
-        ]
-
-    async def send(self, scope: Scope, send: Send) -> None:
-        # The header lists are shared between requests: whoever adds headers must copy them.
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                if matches(value.decode("latin-1"), self.etag):
-                    await send({"type": "http.response.start", "status": 304, "headers": self.not_modified_headers})
-                    await send({"type": "http.response.body", "body": b""})
-                    return
-                break
-        await send({"type": "http.response.start", "status": 200, "headers": self.ok_headers})
-        await send({"type": "http.response.body", "body": self.body})
+def prepared_svg(body: bytes, control: str) -> PreparedBody:
+    """One rendered SVG as its 200 and 304 in each content coding (SVG is text: it compresses well)."""
+    return PreparedBody(body, etag_for(body), control, MEDIA_TYPE, [("content-security-policy", CSP)])
 
 
 class RenderCache:
@@ -233,9 +207,9 @@ class RenderCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.entries: OrderedDict[tuple[int, SvgParams], tuple[Route, PreparedSvg]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, SvgParams], tuple[Route, PreparedBody]] = OrderedDict()
 
-    def get(self, activity_id: int, params: SvgParams, route: Route) -> PreparedSvg | None:
+    def get(self, activity_id: int, params: SvgParams, route: Route) -> PreparedBody | None:
         key = (activity_id, params)
         entry = self.entries.get(key)
         if entry is None or entry[0] is not route:
@@ -243,7 +217,7 @@ class RenderCache:
         self.entries.move_to_end(key)
         return entry[1]
 
-    def put(self, activity_id: int, params: SvgParams, route: Route, prepared: PreparedSvg) -> None:
+    def put(self, activity_id: int, params: SvgParams, route: Route, prepared: PreparedBody) -> None:
         key = (activity_id, params)
         old = self.entries.pop(key, None)
         if old is not None:
@@ -277,14 +251,11 @@ class RouteSvg:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = svg_params(scope["query_string"])
         activity_id: int = scope["path_params"]["activity_id"]
-        try:
-            route = await self.load(activity_id)
-        except UpstreamError as exc:
-            raise exc.api_error() from None
+        route = await self.load(activity_id)  # an upstream failure is an ApiError: the error boundary renders it
         if route is None:
             raise ApiError(404, "not_found", "No public activity with a route has this id.")
         prepared = self.cache.get(activity_id, params, route)
         if prepared is None:
-            prepared = PreparedSvg(render(route.pieces, params, title_for(activity_id)), self.control)
+            prepared = prepared_svg(render(route.pieces, params, title_for(activity_id)), self.control)
             self.cache.put(activity_id, params, route, prepared)
-        await prepared.send(scope, send)
+        await prepared.for_request(scope)(scope, receive, send)

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from service.projects.strava_integration.privacy import TrimmedRoutes
+from service.values import is_number
 
 
 def is_public(activity: Any) -> bool:
@@ -29,7 +30,7 @@ def public_map(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any
 
 
 def _num(value: Any) -> float | int | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return value if is_number(value) else None
 
 
 def _str(value: Any, limit: int = 1000) -> str | None:

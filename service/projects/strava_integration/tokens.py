@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import orjson
@@ -35,6 +35,7 @@ from service.projects.strava_integration.errors import (
 )
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
 from service.timestamps import iso_utc
+from service.values import is_int, is_number
 
 log = structlog.get_logger("strava.tokens")
 
@@ -71,8 +72,8 @@ def _delete_token_file(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return is_number(value) and math.isfinite(value)
 
 
 def _parse_token_file(raw: bytes) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def _parse_token_file(raw: bytes) -> dict[str, Any]:
         "refresh_token": refresh,
         "access_token": access if isinstance(access, str) and access else None,
         "expires_at": int(expires_at) if _is_number(expires_at) else None,
-        "athlete_id": athlete_id if _is_number(athlete_id) and isinstance(athlete_id, int) else None,
+        "athlete_id": athlete_id if is_int(athlete_id) else None,
         "scope": scope if isinstance(scope, str) else None,
     }
 
@@ -119,8 +120,6 @@ class TokenManager:
         self.metrics = metrics
         self.redactor = redactor
         self.clock = clock
-        for secret in settings.secrets():
-            redactor.add_secret(secret)
         self._access_token: str | None = None
         self._expires_at: int | None = None
         self._refresh_token: str | None = None
@@ -317,7 +316,7 @@ class TokenManager:
             access, refresh, expires_at = payload["access_token"], payload["refresh_token"], payload["expires_at"]
             if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
                 raise ValueError("tokens missing")
-            if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+            if not is_number(expires_at):
                 raise ValueError("expires_at missing")
         except (ValueError, KeyError, TypeError):
             self._failed(purpose, status, started, "token endpoint sent an unusable response")

@@ -28,6 +28,7 @@ from observability.metrics import Metrics
 from service.errors import ApiError
 from service.security import secret_matches
 from service.store import Store, StoreError
+from service.values import is_int
 
 log = structlog.get_logger("strava.webhook")
 
@@ -60,7 +61,7 @@ def _int(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if isinstance(value, float) and value.is_integer() and value <= MAX_EXACT_FLOAT:
         value = int(value)  # JSON has one number type: 5.0 is the integer 5
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+    if not is_int(value) or not 0 <= value <= MAX_ID:
         raise ApiError(400, "invalid_event", f"{name}: expected a non-negative integer", parameter=name)
     return value
 
@@ -124,8 +125,14 @@ class Webhook:
         mode = params.get("hub.mode")
         challenge = params.get("hub.challenge")
         token = params.get("hub.verify_token")
-        if mode != "subscribe" or not challenge or len(challenge) > MAX_CHALLENGE or not challenge.isprintable():
-            raise ApiError(400, "invalid_parameter", "hub.mode must be subscribe and hub.challenge a short string")
+        # A 400 with its own code: `invalid_parameter` is the 422 of our own API's queries, and
+        # Strava's validation request is answered as Strava's documentation describes.
+        if mode != "subscribe":
+            raise ApiError(400, "invalid_challenge", "hub.mode: expected subscribe", parameter="hub.mode")
+        if not challenge or len(challenge) > MAX_CHALLENGE or not challenge.isprintable():
+            raise ApiError(
+                400, "invalid_challenge", "hub.challenge: expected a short printable string", parameter="hub.challenge"
+            )
         if not self.verify_token or not secret_matches(token, self.verify_token):
             raise ApiError(403, "forbidden", "The verify token does not match.")
         return Response(orjson.dumps({"hub.challenge": challenge}), media_type="application/json")
