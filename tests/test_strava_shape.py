@@ -127,7 +127,7 @@ def test_no_map_without_a_summary_polyline(map_field: Any) -> None:
     assert shape.public_map(activity(map=map_field), ROUTES) is None
 
 
-@pytest.mark.parametrize("encoded", [GOOGLE_EXAMPLE[:-1], "_p~iF", GOOGLE_EXAMPLE + " ", "~" * 10 + "?"])
+@pytest.mark.parametrize("encoded", [GOOGLE_EXAMPLE[:-1], "_p~iF", GOOGLE_EXAMPLE + " ", "\x7f?", "~" * 10 + "?"])
 def test_a_malformed_or_truncated_polyline_gives_no_map(encoded: str) -> None:
     raw = activity(map={"summary_polyline": encoded})
     assert shape.public_map(raw, ROUTES) is None
