@@ -1,4 +1,4 @@
-"""Request body limit: JSON 413 for bodies over the configured size, declared or streamed."""
+"""Request body limit: JSON 413 for bodies over the configured size, declared or streamed (400: bad length)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self._max_digits = len(str(max_bytes))
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http" or scope["method"] in _NO_BODY:
@@ -38,12 +39,23 @@ class BodyLimitMiddleware:
             return
         if declared is not None:
             # The server already enforces that the body matches a valid Content-Length.
-            if not declared.isdigit() or int(declared) > self.max_bytes:
-                await error_response(scope, 413)(scope, receive, send)
+            status = self._refusal(declared)
+            if status is not None:
+                await error_response(scope, status)(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
         await self.app(scope, _CountingReceive(receive, self.max_bytes), send)
+
+    def _refusal(self, declared: bytes) -> int | None:
+        """400 for a Content-Length that is not 1*DIGIT (RFC 9110 §8.6), 413 for one over the limit."""
+        if not declared.isdigit():  # bytes.isdigit is ASCII digits only
+            return 400
+        # Compared by length first: int() refuses more than 4300 digits (and would be slow on them).
+        digits = declared.lstrip(b"0")
+        if len(digits) > self._max_digits or int(digits or b"0") > self.max_bytes:
+            return 413
+        return None
 
 
 class _CountingReceive:

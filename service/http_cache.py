@@ -247,8 +247,13 @@ class PreparedBody:
             if name == b"accept-encoding":
                 # Several lines are one comma-joined list (RFC 9110 §5.3).
                 accept_encoding = value if accept_encoding is None else accept_encoding + b"," + value
-            elif name == b"if-none-match" and if_none_match is None:
-                if_none_match = value
+            elif name == b"if-none-match":
+                if if_none_match is None:
+                    if_none_match = value
+                elif len(if_none_match) < _MAX_IF_NONE_MATCH:
+                    # Several lines are one list here too; joined only up to what `matches` looks at,
+                    # so a flood of lines cannot grow it.
+                    if_none_match += b"," + value[:_MAX_IF_NONE_MATCH]
         # One dict hit per request: the raw header (bytes hash once) -> the variant to send.
         chosen = self._by_header.get(accept_encoding)
         if chosen is None:

@@ -30,26 +30,10 @@ from tests.strava_harness import (
     wait_for_calls,
 )
 from tests.support import SECRETS, ServiceProcess, wait_until
+from tests.test_strava_shape import DETAIL_KEYS, SUMMARY_KEYS
 
 TTL, STALE = 120, 900
 DEFAULT_TRIM_M = 200  # STRAVA_PRIVACY_TRIM_METERS' default
-ITEM_KEYS = {
-    "id",
-    "name",
-    "sport_type",
-    "start_date",
-    "start_date_local",
-    "distance_m",
-    "moving_time_s",
-    "elapsed_time_s",
-    "total_elevation_gain_m",
-    "average_speed_mps",
-    "map",
-    "strava_url",
-    "device_name",
-    "attribution",
-    "route_svg",
-}
 FIELDS = {  # ours -> Strava's
     "name": "name",
     "sport_type": "sport_type",
@@ -109,7 +93,7 @@ def test_every_feed_item_has_the_public_shape(stack: Stack, raw: dict[int, dict[
     assert [i["start_date"] for i in items] == sorted((i["start_date"] for i in items), reverse=True)
     maps = {"with": 0, "without": 0}
     for item in items:
-        assert set(item) == ITEM_KEYS
+        assert set(item) == SUMMARY_KEYS
         source = raw[item["id"]]
         for ours, theirs in FIELDS.items():
             assert item[ours] == source[theirs], (item["id"], ours)
@@ -254,7 +238,7 @@ def test_activity_detail_has_description_and_photo(stack: Stack, raw: dict[int, 
     body = response.json()
     assert set(body) == {"activity", "updated_at", "stale"} and body["stale"] is False
     item = body["activity"]
-    assert set(item) == ITEM_KEYS | {"description", "photo_url", "max_speed_mps", "timezone"}
+    assert set(item) == DETAIL_KEYS
     assert item["id"] == chosen["id"] and item["name"] == chosen["name"]
     assert item["description"] == chosen["description"]
     assert item["photo_url"] == chosen["photos"]["primary"]["urls"]["600"]  # the largest size

@@ -49,19 +49,38 @@ def test_extremes_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("encoded", "points"),
     [
-        "_p~iF~ps|U_",  # truncated mid-value
-        "_p~iF",  # a latitude without its longitude
-        "_p~iF~ps|U_ulLnnqC_mqNvxq`",  # last chunk says "more follow"
-        "_p~iF ~ps|U",  # below the alphabet
-        "_p~iF\x7f~ps|U",  # above it
-        "é?",
-        "~~~~~~~~~~??",  # a value longer than 30 bits
+        ("??", [(0.0, 0.0)]),
+        ("????", [(0.0, 0.0), (0.0, 0.0)]),
+        ("_p~iF~ps|U", [(38.5, -120.2)]),
+        # Deltas accumulate: the second point is relative to the first.
+        ("_p~iF~ps|U_ulLnnqC", [(38.5, -120.2), (40.7, -120.95)]),
+        # Negative latitude and positive longitude, and the precision-5 limit.
+        ("~ps|U_p~iF", [(-120.2, 38.5)]),
+        ("@?", [(-0.00001, 0.0)]),
+        ("A?", [(0.00001, 0.0)]),
     ],
 )
-def test_malformed_raises_value_error(bad: str) -> None:
-    with pytest.raises(ValueError):
+def test_known_polylines_decode(encoded: str, points: list[tuple[float, float]]) -> None:
+    assert decode_polyline(encoded) == points
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("_p~iF~ps|U_", "truncated"),  # truncated mid-value
+        ("_p~iF", "truncated"),  # a latitude without its longitude
+        ("_p~iF~ps|U_ulLnnqC_mqNvxq`", "truncated"),  # last chunk says "more follow"
+        ("_p~iF ~ps|U", "invalid polyline character"),  # below the alphabet
+        ("_p~iF~ps|U_ulLnnqC_mqNvxq`@ ", "invalid polyline character"),  # a trailing one
+        ("_p~iF\x7f~ps|U", "invalid polyline character"),  # above it
+        ("é?", "invalid polyline character"),
+        ("~~~~~~~~~~??", "too long"),  # a value longer than 30 bits
+    ],
+)
+def test_malformed_raises_value_error(bad: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
         decode_polyline(bad)
 
 

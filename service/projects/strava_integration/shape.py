@@ -99,10 +99,14 @@ def summary(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any]:
     }
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """A nested object from upstream, or {} when it is anything else: its fields then read as missing."""
+    return value if isinstance(value, dict) else {}
+
+
 def _primary_photo(activity: dict[str, Any]) -> str | None:
-    primary = (activity.get("photos") or {}).get("primary") or {}
-    urls = primary.get("urls") or {}
-    if not isinstance(urls, dict) or not urls:
+    urls = _object(_object(_object(activity.get("photos")).get("primary")).get("urls"))
+    if not urls:
         return None
     # The largest size Strava offers; keys are pixel widths as strings.
     best = max(urls, key=lambda k: int(k) if str(k).isdigit() else 0)
@@ -135,6 +139,6 @@ def stats(raw: dict[str, Any]) -> dict[str, Any]:
     for period, prefix in (("recent", "recent"), ("year_to_date", "ytd"), ("all_time", "all")):
         out[period] = {}
         for sport in ("run", "ride", "swim"):
-            totals = raw.get(f"{prefix}_{sport}_totals") or {}
+            totals = _object(raw.get(f"{prefix}_{sport}_totals"))
             out[period][sport] = {_TOTAL_NAMES[f]: _num(totals.get(f)) or 0 for f in _TOTAL_FIELDS}
     return out
