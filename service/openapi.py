@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.convertors import FloatConvertor, IntegerConvertor
 from starlette.routing import BaseRoute, Mount, Route
@@ -54,8 +54,11 @@ class Operation:
     media_type: str = "application/json"
 
 
-def describe(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+F = TypeVar("F", bound=Callable[..., Any])  # what `describe` decorates keeps its own type
+
+
+def describe(summary: str, **kwargs: Any) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
         fn.__openapi__ = Operation(summary, **kwargs)  # type: ignore[attr-defined]
         return fn
 

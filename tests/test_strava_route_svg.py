@@ -360,14 +360,14 @@ def endpoint(source: FakeSource) -> RouteSvg:
 async def client(endpoint: RouteSvg) -> AsyncIterator[httpx.AsyncClient]:
     app = Starlette(
         routes=[StarletteRoute("/activities/{activity_id:int}/route.svg", endpoint, methods=["GET"])],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as c:
         yield c
 
 
 async def test_serves_the_svg(client: httpx.AsyncClient, source: FakeSource) -> None:
-    params = {"w": 400, "h": 200, "stroke": "#00AA00", "stroke_width": 4}
+    params: dict[str, str | int] = {"w": 400, "h": 200, "stroke": "#00AA00", "stroke_width": 4}
     # Identity here, to check the bytes against their ETag; the coded variants are PreparedBody's (test_compression).
     response = await client.get(URL.format(1), params=params, headers={"Accept-Encoding": "identity"})
     assert response.status_code == 200
