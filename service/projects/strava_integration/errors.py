@@ -77,6 +77,25 @@ class AuthRejected(UpstreamError):
     default_message = f"Strava rejected the stored authorization; the owner must re-authorize at {AUTH_START_PATH}."
 
 
+class CredentialsRejected(UpstreamError):
+    """Strava refused the application's own credentials: a configuration error, not a revoked grant.
+
+    The owner's grant may be fine, so nothing is dropped: cached data is served stale meanwhile.
+    """
+
+    status = 503
+    code = "strava_credentials_rejected"
+    default_message = "Strava rejected the application's credentials: check STRAVA_CLIENT_ID/STRAVA_CLIENT_SECRET."
+
+
+class AccessUnconfirmed(UpstreamError):
+    """A deauthorization event could not be checked with Strava yet: the owner's data is withheld until it is."""
+
+    status = 503
+    code = "strava_access_unconfirmed"
+    default_message = "A deauthorization is being confirmed with Strava; the owner's data is withheld until then."
+
+
 class NotConfigured(UpstreamError):
     status = 503
     code = "strava_not_configured"

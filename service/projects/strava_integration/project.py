@@ -300,6 +300,20 @@ def build(ctx: ProjectContext) -> ProjectApp:
             headers={"Cache-Control": "no-store"},
         )
 
+    @describe(
+        "Disconnect from Strava: revoke the grant (oauth/revoke), drop the tokens and every cached item",
+        admin=True,
+        responses={"200": "Disconnected (revoked_at_strava says whether Strava confirmed)", **admin},
+        tags=TAGS,
+    )
+    async def auth_disconnect(request: Request) -> Response:
+        require_api_key(request, settings.admin_api_key)
+        revoked = await client.tokens.disconnect()  # its on_revoked hook purges the data
+        log.warning("strava_disconnected", revoked_at_strava=revoked)
+        return JSONResponse(
+            {"status": "disconnected", "revoked_at_strava": revoked}, headers={"Cache-Control": "no-store"}
+        )
+
     async def health() -> CheckResult:
         where = "sandbox (built-in Strava simulator)" if settings.sandbox else "strava.com"
         if not data.configured:
@@ -310,11 +324,22 @@ def build(ctx: ProjectContext) -> ProjectApp:
                 observed_value="unconfigured",
             )
         tokens = client.tokens.status()
+        if data.grant.withheld:
+            return CheckResult(
+                "warn",
+                output=f"{where}: a deauthorization could not be confirmed with Strava yet; "
+                "the owner's data is withheld until it is",
+                observed_value="deauthorization_unconfirmed",
+            )
         if not tokens["auth_ok"]:
+            if tokens["ended"] == "disconnected":
+                return CheckResult("warn", output=tokens["last_error"], observed_value="disconnected")
+            if tokens["credentials_rejected"]:  # a configuration error: re-authorizing would not help
+                return CheckResult("fail", output=tokens["last_error"], observed_value="credentials_rejected")
             return CheckResult(
                 "fail",
                 output=tokens.get("last_error") or f"no usable Strava token; re-authorize at {AUTH_START_PATH}",
-                observed_value="auth_failed",
+                observed_value="revoked" if tokens["ended"] == "revoked" else "auth_failed",
             )
         until = budget.blocked_until()
         if until is not None:
@@ -362,6 +387,7 @@ def build(ctx: ProjectContext) -> ProjectApp:
         Route("/webhook", webhook_receive, methods=["POST"]),
         Route("/auth/start", auth_start),
         Route("/auth/callback", auth_callback, name=f"{NAME}:auth_callback"),
+        Route("/auth/disconnect", auth_disconnect, methods=["POST"]),
     ]
     return ProjectApp(routes=routes, health=health, lifespan=lifespan, info=info)
 

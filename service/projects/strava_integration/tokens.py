@@ -5,6 +5,13 @@ set is written to disk (temp file, fsync, rename, fsync the directory) before it
 right after a refresh must not leave only a dead token behind. Concurrent callers share one
 refresh, and that refresh runs in its own task, so a caller giving up (its deadline passed)
 never cancels a refresh halfway between Strava's answer and the write.
+
+How a grant ends, in one place (`end_grant`): Strava refuses the refresh token (the owner revoked
+the app, whether or not a webhook event told us), a deauthorization event is confirmed by such a
+refusal, or an admin disconnects. The tokens leave memory at once, the data layer's `on_revoked`
+hook purges every cached item of the owner's, then the file goes. A refusal of the application's
+own credentials (`client_id`/`client_secret`) is a configuration error instead: nothing is
+dropped, and the held access token is used while it is valid.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,7 @@ from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
     AUTH_START_PATH,
     AuthRejected,
+    CredentialsRejected,
     NotConfigured,
     UpstreamBadResponse,
     UpstreamUnavailable,
@@ -39,7 +47,8 @@ from service.timestamps import iso_utc
 log = structlog.get_logger("strava.tokens")
 
 REFRESH_MARGIN_S = 300  # refresh when the access token expires within this
-REJECTED_RETRY_S = 60  # after a rejection, wait this long before trying the same refresh token again
+REJECTED_RETRY_S = 60  # after our credentials were rejected, wait this long before asking Strava again
+CLIENT_FIELDS = frozenset({"client_id", "client_secret"})  # what Strava names when our credentials are wrong
 STILL_USABLE_S = 30  # if a refresh fails, an access token with this much life left is still handed out
 
 
@@ -106,6 +115,8 @@ def _rejected_field(response: httpx.Response) -> str | None:
 
 
 class TokenManager:
+    """The owner's token set. `on_revoked` (set by the data layer) runs whenever the grant ends."""
+
     def __init__(
         self,
         settings: StravaSettings,
@@ -130,11 +141,16 @@ class TokenManager:
         self._auth_ok = False
         self._last_refresh_at: float | None = None
         self._last_error: str | None = None
-        self._rejected: tuple[str, float] | None = None  # (refresh token, when) of the last rejection
+        self._rejected: tuple[str, float] | None = None  # (refresh token, when) our credentials were rejected
+        self._credentials_rejected = False  # Strava refused client_id/client_secret since the last success
+        self._ended: str | None = None  # why the grant ended: "revoked" or "disconnected"; None while held
+        self.on_revoked: Callable[[], Awaitable[None]] | None = None
         self._env_fallback_used = False
         self._file_problem: str | None = None  # "unreadable" or "corrupt" when load() had to skip the file
         self._generation = 0  # bumped by forget() and exchange_code(): older refreshes are discarded
         self._inflight: asyncio.Task[str] | None = None
+        self._inflight_number = 0  # which refresh `_inflight` is, counting from 1
+        self._refreshes_started = 0
         self._file_lock = asyncio.Lock()  # one writer at a time, so disk and memory agree
 
     # ---- start-up ----
@@ -194,6 +210,11 @@ class TokenManager:
     # ---- the request path ----
 
     @property
+    def connected(self) -> bool:
+        """A grant is held (it may still turn out refused): credentials and a refresh token."""
+        return self._refresh_token is not None and self._credentials()
+
+    @property
     def athlete_id(self) -> int | None:
         return self._athlete_id
 
@@ -217,8 +238,9 @@ class TokenManager:
         held = self._access_token
         try:
             return await self._shared_refresh()
-        except (UpstreamUnavailable, UpstreamBadResponse):
-            # Strava's token endpoint is down, but the token we hold still works for a while.
+        except (UpstreamUnavailable, UpstreamBadResponse, CredentialsRejected):
+            # Strava's token endpoint is down (or refuses our credentials), but the token we hold
+            # still works for a while.
             if held is not None and held == self._access_token and self._fresh(STILL_USABLE_S):
                 return held
             raise
@@ -229,19 +251,45 @@ class TokenManager:
             return self._access_token
         return await self._shared_refresh()
 
+    async def fresh_refresh(self) -> str:
+        """A refresh that starts after this call, shared with concurrent callers: proof the grant is alive now.
+
+        A refresh already in flight was sent before whatever made the caller ask (a deauthorization
+        event), so its answer proves nothing about now: wait for it to end, then take the next one.
+        """
+        arrived = self._refreshes_started
+        while True:
+            task = self._inflight
+            if task is None or task.done():
+                task = self._start_refresh()
+            if self._inflight_number > arrived:
+                return await asyncio.shield(task)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
     async def _shared_refresh(self) -> str:
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(self._refresh(), name="strava-token-refresh")
+        task = self._inflight
+        if task is None or task.done():
+            task = self._start_refresh()
         # shield: a caller that gives up must not cancel the refresh the others wait for.
-        return await asyncio.shield(self._inflight)
+        return await asyncio.shield(task)
+
+    def _start_refresh(self) -> asyncio.Task[str]:
+        self._refreshes_started += 1
+        self._inflight_number = self._refreshes_started
+        task = self._inflight = asyncio.create_task(self._refresh(), name="strava-token-refresh")
+        # Every waiter may have given up: retrieve the outcome so asyncio does not log it as lost.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
 
     async def _refresh(self) -> str:
         if not self._credentials() or self._refresh_token is None:
-            raise NotConfigured()
+            # After a revocation or a disconnect, say so (and where to re-authorize).
+            raise NotConfigured(self._last_error if self._ended else None)
         token = self._refresh_token
         rejected = self._rejected
         if rejected is not None and rejected[0] == token and self.clock() - rejected[1] < REJECTED_RETRY_S:
-            raise AuthRejected()
+            raise CredentialsRejected(self._last_error)
         generation = self._generation
         source = self._source or "environment"
         try:
@@ -249,7 +297,7 @@ class TokenManager:
         except AuthRejected:
             fallback = self.settings.refresh_token
             if self._env_fallback_used or not fallback or fallback == token or generation != self._generation:
-                raise
+                return await self._refused(generation)
             # The persisted token is dead (a sandbox simulator that restarted, or an operator who
             # put a new token in the environment): the environment's token gets one try.
             self._env_fallback_used = True
@@ -257,8 +305,7 @@ class TokenManager:
             try:
                 payload = await self._post_token({"grant_type": "refresh_token", "refresh_token": fallback}, "refresh")
             except AuthRejected:
-                self._rejected = (token, self.clock())
-                raise
+                return await self._refused(generation)
             source = "environment"
         if not await self._accept(payload, source, generation):
             # exchange_code() or forget() ran meanwhile; their outcome is the newer truth.
@@ -269,6 +316,17 @@ class TokenManager:
         log.info("strava_token_refreshed", expires_at=iso_utc(self._expires_at), athlete_id=self._athlete_id)
         assert self._access_token is not None
         return self._access_token
+
+    async def _refused(self, generation: int) -> str:
+        """Strava refused the refresh token: the grant is over, unless a newer one arrived meanwhile."""
+        if generation != self._generation:
+            # exchange_code() ran during the request: its grant is the truth, and it is not refused.
+            if self._access_token is not None and self._fresh(0):
+                return self._access_token
+            raise NotConfigured(self._last_error if self._ended else None)
+        message = self._last_error
+        await self.end_grant("revoked", message)
+        raise AuthRejected(message)
 
     async def _post_token(self, form: dict[str, str], purpose: str) -> dict[str, Any]:
         """POST to Strava's token endpoint; the parsed token response, or an `UpstreamError`."""
@@ -289,13 +347,23 @@ class TokenManager:
             field = _rejected_field(response)
             self.metrics.observe_request("token", status, time.perf_counter() - started)
             if purpose == "refresh":
-                self._rejected = (form["refresh_token"], self.clock())
                 self._auth_ok = False
                 self._publish()
                 self.metrics.token_refreshes.labels("rejected").inc()
-            if field == "client_id":
-                self._last_error = "Strava rejected the client id or secret (check STRAVA_CLIENT_ID/SECRET)."
-            elif purpose == "refresh" and self._file_problem and form["refresh_token"] == self.settings.refresh_token:
+            if field in CLIENT_FIELDS:
+                # Our configuration is wrong, not the owner's grant: keep everything, say what to fix.
+                if purpose == "refresh":
+                    self._rejected = (form["refresh_token"], self.clock())
+                self._credentials_rejected = True
+                self._auth_ok = False
+                self._publish()
+                self._last_error = (
+                    f"Strava rejected the application's credentials ({field}): "
+                    "check STRAVA_CLIENT_ID/STRAVA_CLIENT_SECRET."
+                )
+                log.warning("strava_token_rejected", purpose=purpose, status=status, field=field)
+                raise CredentialsRejected(self._last_error)
+            if purpose == "refresh" and self._file_problem and form["refresh_token"] == self.settings.refresh_token:
                 # Say why the environment's token was used at all: the operator's fix differs.
                 self._last_error = (
                     f"The saved token file was {self._file_problem}, and Strava rejected STRAVA_REFRESH_TOKEN; "
@@ -369,6 +437,8 @@ class TokenManager:
                 self._file_problem = None
             self._apply(record, source)
             self._auth_ok = True
+            self._ended = None
+            self._credentials_rejected = False
             self._rejected = None
             self._last_refresh_at = self.clock()
             self._publish()
@@ -393,6 +463,10 @@ class TokenManager:
 
     async def forget(self) -> None:
         """The athlete deauthorized us: drop the tokens from memory at once, then from disk."""
+        await self.end_grant("revoked", f"Strava access was revoked; re-authorize at {AUTH_START_PATH}.")
+
+    async def end_grant(self, reason: str, message: str | None) -> None:
+        """The grant is over ("revoked" or "disconnected"): tokens out of memory, data purged, file deleted."""
         # Memory first, before anything awaits: a request arriving meanwhile must not use them.
         self._generation += 1
         self._access_token = self._refresh_token = None
@@ -401,19 +475,71 @@ class TokenManager:
         self._scope = None
         self._source = None
         self._auth_ok = False
-        self._env_fallback_used = True  # the environment's token belongs to the revoked grant too
-        self._last_error = f"Strava access was revoked; re-authorize at {AUTH_START_PATH}."
+        self._ended = reason
+        self._env_fallback_used = True  # the environment's token belongs to the ended grant too
+        if message is not None:
+            self._last_error = message
         self._publish()
+        log.warning("strava_grant_ended", reason=reason)
+        hook = self.on_revoked
+        if hook is not None:
+            try:
+                await hook()
+            except Exception as exc:  # the file must go all the same
+                log.error("strava_purge_failed", error=type(exc).__name__)
         async with self._file_lock:
             await asyncio.to_thread(_delete_token_file, self.settings.token_file)
         log.warning("strava_tokens_forgotten")
 
-    async def aclose(self) -> None:
-        """Let a refresh in flight finish its write, so a rotated token is not lost at shutdown."""
+    async def disconnect(self) -> bool:
+        """Admin: end the grant here and revoke it at Strava; True if Strava confirmed the revocation.
+
+        A refresh in flight ends first, so the token revoked is the newest one: Strava ignores a
+        rotated-away token, which would leave the grant alive. Dropped here before Strava is asked,
+        so nothing of the owner's is served while the request is on its way.
+        """
+        await self._settle()
+        token: str | None = self._refresh_token
+        hint = "refresh_token"
+        if token is None:
+            token, hint = self._access_token, "access_token"
+        await self.end_grant(
+            "disconnected", f"Not connected to Strava (disconnected by an admin); authorize at {AUTH_START_PATH}."
+        )
+        if token is None or not self._credentials():
+            return False
+        return await self._revoke_at_strava(token, hint)
+
+    async def _revoke_at_strava(self, token: str, hint: str) -> bool:
+        """POST oauth/revoke (RFC 7009): HTTP Basic with the client credentials, the token in the form body."""
+        url = f"{self.settings.oauth_url}/revoke"
+        auth = httpx.BasicAuth(self.settings.client_id or "", self.settings.client_secret or "")
+        form = {"token": token, "token_type_hint": hint}
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                response = await self.http.post(url, data=form, auth=auth, headers={"Accept": "application/json"})
+        except (TimeoutError, httpx.HTTPError) as exc:
+            self.metrics.observe_request("revoke", "error", time.perf_counter() - started)
+            log.warning("strava_revoke_failed", error=type(exc).__name__)
+            return False
+        self.metrics.observe_request("revoke", response.status_code, time.perf_counter() - started)
+        if response.status_code != 200:
+            log.warning("strava_revoke_failed", status=response.status_code, field=_rejected_field(response))
+            return False
+        log.info("strava_revoked_at_strava", token_type=hint)
+        return True
+
+    async def _settle(self) -> None:
+        """Wait (bounded) for a refresh in flight, whatever its outcome."""
         task = self._inflight
         if task is not None and not task.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds + 1)
+
+    async def aclose(self) -> None:
+        """Let a refresh in flight finish its write, so a rotated token is not lost at shutdown."""
+        await self._settle()
 
     # ---- reporting ----
 
@@ -427,4 +553,6 @@ class TokenManager:
             "last_refresh_at": iso_utc(self._last_refresh_at),
             "last_error": self._last_error,
             "token_source": self._source,
+            "ended": self._ended,
+            "credentials_rejected": self._credentials_rejected,
         }
