@@ -1,8 +1,9 @@
-"""HTTP caching for JSON bodies serialized once: strong ETags, If-None-Match, Cache-Control."""
+"""HTTP caching for bodies built once (JSON, scripts, pages): strong ETags, If-None-Match, Cache-Control."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from starlette.types import Receive, Scope, Send
 
@@ -49,17 +50,27 @@ class _Fixed:
         await send({"type": "http.response.body", "body": self.body})
 
 
-class PreparedJSON:
-    """A cached JSON body as its 200 and its 304, prepared once per body rather than per request."""
+class PreparedBody:
+    """A body as its 200 and its 304, prepared once per body rather than per request.
+
+    `headers` go on the 200 only (a 304 repeats just the validators and caching headers, RFC 9110 15.4.5).
+    """
 
     __slots__ = ("etag", "not_modified", "ok")
 
-    def __init__(self, body: bytes, etag: str, control: str) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        etag: str,
+        control: str,
+        content_type: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         common = [(b"etag", etag.encode()), (b"cache-control", control.encode())]
         self.etag = etag
         self.ok = _Fixed(
             200,
-            [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"), *common],
+            [(b"content-length", str(len(body)).encode()), (b"content-type", content_type.encode()), *common, *headers],
             body,
         )
         self.not_modified = _Fixed(304, common, b"")
@@ -71,3 +82,12 @@ class PreparedJSON:
                     return self.not_modified
                 break
         return self.ok
+
+
+class PreparedJSON(PreparedBody):
+    """A cached JSON body (the data routes' hot path: same per-request work as any PreparedBody)."""
+
+    __slots__ = ()
+
+    def __init__(self, body: bytes, etag: str, control: str) -> None:
+        super().__init__(body, etag, control, "application/json")

@@ -150,6 +150,12 @@ def uvicorn_config(settings: Settings, app: object, loop: str) -> uvicorn.Config
     )
 
 
+def _configuration_error(exc: ConfigError) -> int:
+    # One line, naming the variable and what it expects; never the value.
+    sys.stderr.write(f"{SERVICE_NAME}: configuration error: {exc}\n")
+    return 2
+
+
 def main(argv: list[str] | None = None, projects: tuple[ProjectSpec, ...] = REGISTRY) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=f"{SERVICE_NAME} {__version__}")
     parser.add_argument("--sandbox", action="store_true", help="wire projects to their local simulators")
@@ -158,9 +164,7 @@ def main(argv: list[str] | None = None, projects: tuple[ProjectSpec, ...] = REGI
     try:
         settings = load_settings(sandbox=args.sandbox, parsers={p.name: p.parse_settings for p in projects})
     except ConfigError as exc:
-        # One line, naming the variable and what it expects; never the value.
-        sys.stderr.write(f"{SERVICE_NAME}: configuration error: {exc}\n")
-        return 2
+        return _configuration_error(exc)
     redactor = configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings, projects=projects, redactor=redactor)
@@ -172,5 +176,8 @@ def main(argv: list[str] | None = None, projects: tuple[ProjectSpec, ...] = REGI
             log.error("startup_failed")
             return 1
         return 0
+    except ConfigError as exc:
+        # From a project's build: one that cannot run as configured (`--sandbox` in the image, without a simulator).
+        return _configuration_error(exc)
     finally:
         flush_logs()

@@ -81,6 +81,14 @@ class Sim:
     def fault(self, kind: str, **options: Any) -> None:
         self.control("fault", {"kind": kind, **options})
 
+    def revoke_grant(self, webhook_url: str | None = None) -> dict[str, Any]:
+        """The athlete revokes the app on strava.com: every token dies; optionally Strava's event is posted."""
+        return self.control("revoke_grant", {"webhook_url": webhook_url} if webhook_url else {})
+
+    def dead_refresh_presented(self) -> int:
+        """Refresh attempts with a token that once worked (rotated away or revoked): 0 for a straight chain."""
+        return int(self.stats()["dead_refresh_presented"])
+
     def upsert(self, **fields: Any) -> dict[str, Any]:
         return self.control("activities", fields)
 
@@ -133,7 +141,9 @@ def service_env(sim: Sim, token_file: Path, **extra: str) -> dict[str, str]:
         "STRAVA_CLIENT_ID": CLIENT_ID,
         "STRAVA_CLIENT_SECRET": SECRETS["STRAVA_CLIENT_SECRET"],
         "STRAVA_REFRESH_TOKEN": SECRETS["STRAVA_REFRESH_TOKEN"],
-        "STRAVA_API_URL": f"{sim.url}/api/v3",
+        # The API at the root, as Strava serves it from 1 June 2027 (tests/strava_upstream.py keeps /api/v3);
+        # the simulator counts calls under the /api/v3 names in both layouts.
+        "STRAVA_API_URL": sim.url,
         "STRAVA_OAUTH_URL": f"{sim.url}/oauth",
         "STRAVA_TOKEN_FILE": str(token_file),
         "STRAVA_ADMIN_API_KEY": ADMIN_KEY,

@@ -37,7 +37,7 @@ def strava_settings(base_url: str, tmp_path: Path, **overrides: Any) -> StravaSe
         "client_id": SIM.client_id,
         "client_secret": SIM.client_secret,
         "refresh_token": SIM.initial_refresh_token,
-        "api_url": f"{base_url}/api/v3",
+        "api_url": f"{base_url}/api/v3",  # the old layout; tests/strava_harness.py uses the new root one
         "oauth_url": f"{base_url}/oauth",
         "token_file": tmp_path / "strava" / "tokens.json",
         "request_timeout_seconds": 5.0,

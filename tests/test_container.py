@@ -59,6 +59,11 @@ FORBIDDEN_DIRS = {
     ".mypy_cache",
 }
 RUNTIME_IMPORTS = "import starlette, uvicorn, prometheus_client, structlog, orjson, httpx"
+SIMULATOR_PACKAGE = "service.projects.strava_integration.simulator"
+NO_SIMULATOR_LINE = (
+    "siteapi: configuration error: --sandbox: expected the Strava simulator, which is not part of this image; "
+    "run it from a checkout"
+)
 
 
 # --- Dockerfile parsing -----------------------------------------------------------------------
@@ -138,7 +143,7 @@ def image_env(stage: Stage) -> dict[str, str]:
         if "=" not in words[0]:  # legacy `ENV KEY value with spaces`
             pairs = [(words[0], " ".join(words[1:]))]
         else:
-            pairs = [tuple(word.split("=", 1)) for word in words]
+            pairs = [(key, value) for key, _, value in (word.partition("=") for word in words)]
         before = dict(env)  # every substitution in one ENV line sees the values from before it
         env.update({key: expand(value, before) for key, value in pairs})
     return env
@@ -274,6 +279,8 @@ def forbidden(image_path: str) -> str | None:
         return f"inside {found.pop()}/"
     if "/observability/prometheus/" in image_path or "/observability/grafana/" in image_path:
         return "observability rules and dashboards are not needed at run time"
+    if "simulator" in directories:
+        return "a simulator: for tests and --sandbox from a checkout"
     if (name.startswith("test_") and name.endswith(".py")) or name == "conftest.py":
         return "a test"
     if name.endswith((".pyc", ".pyo")):
@@ -444,6 +451,8 @@ def test_dockerignore_keeps_junk_out_of_the_image(runtime: Stage, tmp_path: Path
         "service/prod.env",
         "service/projects/strava/README.md",
         "service/.mypy_cache/x.json",
+        "service/projects/strava/simulator/__init__.py",
+        "service/projects/strava/simulator/app.py",
         "observability/prometheus/rules.yml",
         "observability/grafana/dashboard.json",
         "observability/.venv/pyvenv.cfg",
@@ -545,6 +554,54 @@ def test_image_tree_holds_only_what_runs(runtime: Stage, image_root: Path) -> No
     assert f"{workdir}/observability/__init__.py" in copied
     problems = {path: reason for path in copied if (reason := forbidden(path))}
     assert not problems
+    # The simulator stays out, but what reports its absence is in.
+    assert f"{workdir}/service/projects/strava_integration/sandbox.py" in copied
+    assert not [path for path in copied if "/simulator/" in path]
+    assert (ROOT / SIMULATOR_PACKAGE.replace(".", "/") / "__init__.py").is_file(), "still in the repository"
+
+
+def test_production_imports_no_simulator_module() -> None:
+    """Starting the service (launcher, app, registry, every project built) imports none of the simulator."""
+    code = f"""
+import sys
+import service.launcher
+from service.app import create_app
+from service.projects import REGISTRY
+from service.settings import load_settings
+settings = load_settings({{}}, parsers={{p.name: p.parse_settings for p in REGISTRY}})
+create_app(settings, projects=REGISTRY)
+loaded = sorted(name for name in sys.modules if name.startswith({SIMULATOR_PACKAGE!r}))
+print(",".join(loaded) or "none")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=_clean_env()
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "none"
+
+
+def test_sandbox_still_imports_the_simulator_from_a_checkout() -> None:
+    """The same check can fail: --sandbox from the repository does load the simulator."""
+    code = f"""
+import sys
+from service.app import create_app
+from service.projects import REGISTRY
+from service.settings import load_settings
+settings = load_settings({{}}, sandbox=True, parsers={{p.name: p.parse_settings for p in REGISTRY}})
+create_app(settings, projects=REGISTRY)
+print({SIMULATOR_PACKAGE!r} in sys.modules)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=_clean_env()
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without any setting the service reads: the defaults only."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    return {key: value for key, value in os.environ.items() if key in keep} | {"DATA_DIR": tempfile.gettempdir()}
 
 
 def test_image_serves_passes_its_healthcheck_and_stops_on_sigterm(runtime: Stage, image_root: Path) -> None:
@@ -629,3 +686,23 @@ def test_healthcheck_fails_on_an_error_status(runtime: Stage, image_root: Path) 
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_image_refuses_sandbox_with_one_clear_line(runtime: Stage, image_root: Path) -> None:
+    prefix = unprivileged_prefix()
+    data_dir = Path(tempfile.mkdtemp(prefix="image-data-"))
+    try:
+        if os.geteuid() == 0:
+            os.chown(data_dir, UNPRIVILEGED, UNPRIVILEGED)
+        env = image_env(runtime) | {"PORT": str(free_port()), "DATA_DIR": str(data_dir)}
+        workdir = image_root / runtime.last("WORKDIR").args.lstrip("/")  # type: ignore[union-attr]
+        cmd = exec_form(runtime.last("CMD").args)  # type: ignore[union-attr]
+        assert cmd is not None
+        result = subprocess.run(
+            [*prefix, *image_argv(cmd), "--sandbox"], env=env, cwd=workdir, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stderr.splitlines() == [NO_SIMULATOR_LINE], result.stderr[-3000:]
+        assert "Traceback" not in result.stdout
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,16 +1,23 @@
 """The Strava simulator, exercised over real HTTP: uvicorn on loopback in a thread, httpx as the client."""
 
+import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from service.projects.strava_integration.simulator import (
+    MARKUP_NAME,
     SimulatedConnectionReset,
     SimulatorConfig,
     SimulatorState,
@@ -18,6 +25,7 @@ from service.projects.strava_integration.simulator import (
     decode_polyline,
     encode_polyline,
 )
+from tests.strava_harness import ADMIN, LIST_CALL, PREFIX, running_stack, wait_for_calls
 from tests.support import FakeClock, serve_in_thread
 
 T0 = datetime(2024, 6, 1, 10, 5, tzinfo=UTC).timestamp()
@@ -25,6 +33,19 @@ CLIENT = {"client_id": "sim-client", "client_secret": "sim-secret"}
 AUTH_ERROR = {
     "message": "Authorization Error",
     "errors": [{"resource": "Athlete", "field": "access_token", "code": "invalid"}],
+}
+BAD_REFRESH_TOKEN = {
+    "message": "Bad Request",
+    "errors": [{"resource": "RefreshToken", "field": "refresh_token", "code": "invalid"}],
+}
+DEVICES = {
+    "Garmin Forerunner 965",
+    "Garmin Edge 840",
+    "Garmin fenix 7",
+    "Garmin Swim 2",
+    "Apple Watch Series 9",
+    "Wahoo ELEMNT BOLT",
+    "Zwift",
 }
 RATE_LIMITED = {
     "message": "Rate Limit Exceeded",
@@ -71,6 +92,18 @@ def _login(client: httpx.Client, sim: SimulatorState) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+def _code_exchange(client: httpx.Client) -> httpx.Response:
+    """The athlete authorizes the app (again) and the app redeems the code."""
+    params = {"client_id": "sim-client", "redirect_uri": "http://localhost/cb", "response_type": "code"}
+    location = client.get("/oauth/authorize", params=params).headers["location"]
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    return client.post("/oauth/token", data={**CLIENT, "grant_type": "authorization_code", "code": code})
+
+
+def _basic(client_id: str, client_secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()}
+
+
 def _usage(response: httpx.Response) -> tuple[str, str]:
     return response.headers["X-RateLimit-Usage"], response.headers["X-ReadRateLimit-Usage"]
 
@@ -111,15 +144,29 @@ def test_refresh_rotates_and_the_old_refresh_token_fails_at_once(client: httpx.C
         assert client.get("/api/v3/athlete", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
-def test_wrong_client_credentials_are_rejected(client: httpx.Client) -> None:
-    response = client.post(
-        "/oauth/token",
-        data={"client_id": "sim-client", "client_secret": "nope", "grant_type": "refresh_token", "refresh_token": "x"},
-    )
+@pytest.mark.parametrize(
+    ("credentials", "field"),
+    [
+        ({"client_id": "sim-client", "client_secret": "nope"}, "client_secret"),
+        ({"client_id": "sim-client"}, "client_secret"),
+        ({"client_id": "other-app", "client_secret": "sim-secret"}, "client_id"),
+        ({"client_secret": "sim-secret"}, "client_id"),
+    ],
+)
+def test_wrong_client_credentials_are_answered_as_strava_does(
+    client: httpx.Client, sim: SimulatorState, credentials: dict[str, str], field: str
+) -> None:
+    form = {**credentials, "grant_type": "refresh_token", "refresh_token": "sim-refresh-0"}
+    response = client.post("/oauth/token", data=form)
+    # Real Strava: 401, message "Bad Request", and the field that is wrong.
     assert response.status_code == 401
-    assert response.json()["errors"] == [{"resource": "Application", "field": "client_id", "code": "invalid"}]
-    # The valid refresh token was not consumed by the failed attempt.
+    assert response.json() == {
+        "message": "Bad Request",
+        "errors": [{"resource": "Application", "field": field, "code": "invalid"}],
+    }
+    # The valid refresh token was not consumed by the failed attempt, nor counted as a dead one.
     assert _refresh(client, "sim-refresh-0").status_code == 200
+    assert sim.stats()["dead_refresh_presented"] == 0
 
 
 def test_authorization_code_flow(client: httpx.Client, sim: SimulatorState) -> None:
@@ -589,3 +636,313 @@ def test_in_process_state_methods() -> None:
     assert state.take_fault("/api/v3/athlete") is None  # count used up
     with pytest.raises(ValueError):
         state.set_limits(limit_15min=0)
+
+
+# ---- the athlete revokes the app; oauth/revoke; dead tokens ----
+
+
+def test_revoke_grant_kills_every_token_and_a_new_authorization_starts_a_new_grant(
+    client: httpx.Client, sim: SimulatorState
+) -> None:
+    # Two access tokens alive at once, as two service instances would hold them.
+    first = _refresh(client, "sim-refresh-0").json()
+    second = _refresh(client, first["refresh_token"]).json()
+    assert client.post("/_sim/revoke_grant").json() == {"revoked": True}
+
+    for token in (first["access_token"], second["access_token"]):
+        response = client.get("/api/v3/athlete/activities", headers={"Authorization": f"Bearer {token}"})
+        assert (response.status_code, response.json()) == (401, AUTH_ERROR)
+    refused = _refresh(client, second["refresh_token"])
+    assert (refused.status_code, refused.json()) == (400, BAD_REFRESH_TOKEN)
+    stats = client.get("/_sim/stats").json()
+    assert (stats["dead_access_presented"], stats["dead_refresh_presented"]) == (2, 1)
+    assert (stats["grant"], stats["grants_revoked"], stats["refresh_token"]) == (1, 1, None)
+    assert client.post("/_sim/revoke").json() == {"revoked": False}  # nothing left to revoke
+
+    granted = _code_exchange(client)
+    assert granted.status_code == 200
+    fresh = {"Authorization": f"Bearer {granted.json()['access_token']}"}
+    assert client.get("/api/v3/athlete", headers=fresh).status_code == 200
+    assert _refresh(client, granted.json()["refresh_token"]).status_code == 200
+    # The old grant's tokens stay dead in the new one.
+    assert (
+        client.get("/api/v3/athlete", headers={"Authorization": f"Bearer {first['access_token']}"}).status_code == 401
+    )
+    assert _refresh(client, second["refresh_token"]).status_code == 400
+    stats = client.get("/_sim/stats").json()
+    assert (stats["grant"], stats["code_exchanges"], stats["dead_refresh_presented"]) == (2, 1, 2)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A stand-in for the service's webhook endpoint: records every event posted to /webhook."""
+    received: list[dict[str, Any]] = []
+
+    async def webhook(request: Request) -> Response:
+        received.append(
+            {"content_type": request.headers.get("content-type"), "event": orjson.loads(await request.body())}
+        )
+        return Response(status_code=200)
+
+    with serve_in_thread(Starlette(routes=[Route("/webhook", webhook, methods=["POST"])])) as url:
+        yield url, received
+
+
+def test_revoke_grant_posts_the_deauthorization_event(
+    client: httpx.Client, sim: SimulatorState, clock: FakeClock, webhook_receiver: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = webhook_receiver
+    auth = _login(client, sim)
+    answer = client.post("/_sim/revoke_grant", json={"webhook_url": f"{url}/webhook", "subscription_id": 77})
+    assert answer.status_code == 200
+    assert answer.json() == {"revoked": True, "webhook": {"delivered": True, "status": 200}}
+    assert received == [
+        {
+            "content_type": "application/json",
+            "event": {
+                "aspect_type": "update",
+                "event_time": int(T0),
+                "object_id": 12345,
+                "object_type": "athlete",
+                "owner_id": 12345,
+                "subscription_id": 77,
+                "updates": {"authorized": "false"},
+            },
+        }
+    ]
+    # The tokens were dead before the event went out.
+    assert client.get("/api/v3/athlete", headers=auth).status_code == 401
+
+    # Without subscription_id: the configured one. A receiver that is down is reported, not raised.
+    _code_exchange(client)
+    client.post("/_sim/revoke_grant", json={"webhook_url": f"{url}/webhook"})
+    assert received[-1]["event"]["subscription_id"] == SimulatorConfig.webhook_subscription_id
+    _code_exchange(client)
+    gone = client.post("/_sim/revoke_grant", json={"webhook_url": "http://127.0.0.1:9/webhook"}).json()
+    assert gone["revoked"] is True and gone["webhook"]["delivered"] is False
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"webhook_url": "http://example.com/webhook"},  # loopback only
+        {"webhook_url": "ftp://127.0.0.1/webhook"},
+        {"webhook_url": 5},
+        {"subscription_id": "1"},
+        {"subscription_id": 0},
+        {"colour": "red"},
+    ],
+)
+def test_revoke_grant_rejects_bad_input_and_revokes_nothing(
+    client: httpx.Client, sim: SimulatorState, body: dict[str, Any]
+) -> None:
+    auth = _login(client, sim)
+    response = client.post("/_sim/revoke_grant", json=body)
+    assert response.status_code == 400 and response.json()["message"] == "Bad Request"
+    assert client.get("/api/v3/athlete", headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize("which", ["access_token", "refresh_token"])
+@pytest.mark.parametrize("with_hint", [True, False])
+def test_oauth_revoke_with_either_token_ends_the_whole_grant(
+    client: httpx.Client, sim: SimulatorState, which: str, with_hint: bool
+) -> None:
+    issued = _refresh(client, "sim-refresh-0").json()
+    form = {"token": issued[which], **({"token_type_hint": which} if with_hint else {})}
+    response = client.post("/oauth/revoke", data=form, headers=_basic("sim-client", "sim-secret"))
+    assert response.status_code == 200
+    auth = {"Authorization": f"Bearer {issued['access_token']}"}
+    assert client.get("/api/v3/athlete", headers=auth).json() == AUTH_ERROR
+    assert _refresh(client, issued["refresh_token"]).json() == BAD_REFRESH_TOKEN
+    stats = client.get("/_sim/stats").json()
+    assert stats["calls"]["POST /oauth/revoke"] == 1
+    assert (stats["grants_revoked"], stats["refresh_token"]) == (1, None)
+    # Revoking again, or a token never issued, is no error (RFC 7009): 200, nothing changes.
+    again = client.post("/oauth/revoke", data=form, headers=_basic("sim-client", "sim-secret"))
+    assert again.status_code == 200
+    assert client.get("/_sim/stats").json()["grants_revoked"] == 1
+
+
+def test_oauth_revoke_ignores_a_token_it_does_not_know(client: httpx.Client, sim: SimulatorState) -> None:
+    auth = _login(client, sim)
+    response = client.post("/oauth/revoke", data={"token": "f" * 40}, headers=_basic("sim-client", "sim-secret"))
+    assert response.status_code == 200
+    assert client.get("/api/v3/athlete", headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "field"),
+    [
+        ({}, "client_id"),
+        (_basic("sim-client", "wrong"), "client_secret"),
+        (_basic("other-app", "sim-secret"), "client_id"),
+        ({"Authorization": "Basic not-base64!"}, "client_id"),
+        ({"Authorization": "Bearer sim-secret"}, "client_id"),
+        # The credentials belong in the Authorization header, not the form.
+        ({"X-Ignored": "1"}, "client_id"),
+    ],
+)
+def test_oauth_revoke_needs_the_applications_basic_credentials(
+    client: httpx.Client, sim: SimulatorState, headers: dict[str, str], field: str
+) -> None:
+    auth = _login(client, sim)
+    form = {"token": auth["Authorization"].removeprefix("Bearer "), **CLIENT}
+    response = client.post("/oauth/revoke", data=form, headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {
+        "message": "Bad Request",
+        "errors": [{"resource": "Application", "field": field, "code": "invalid"}],
+    }
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # nothing was revoked
+
+
+@pytest.mark.parametrize(
+    ("form", "field", "code"),
+    [
+        ({}, "token", "missing"),
+        ({"token": ""}, "token", "missing"),
+        ({"token": "x", "token_type_hint": "id"}, "token_type_hint", "invalid"),
+    ],
+)
+def test_oauth_revoke_rejects_a_missing_token_or_unknown_hint(
+    client: httpx.Client, sim: SimulatorState, form: dict[str, str], field: str, code: str
+) -> None:
+    response = client.post("/oauth/revoke", data=form, headers=_basic("sim-client", "sim-secret"))
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"resource": "Token", "field": field, "code": code}]
+    assert sim.refresh_token == "sim-refresh-0"
+
+
+def test_dead_tokens_presented_are_counted_apart_from_unknown_ones(
+    client: httpx.Client, sim: SimulatorState, clock: FakeClock
+) -> None:
+    first = _refresh(client, "sim-refresh-0").json()
+    assert _refresh(client, first["refresh_token"]).status_code == 200
+    assert client.get("/_sim/stats").json()["dead_refresh_presented"] == 0  # a clean chain presents none
+
+    for dead in ("sim-refresh-0", first["refresh_token"]):  # both rotated away
+        assert _refresh(client, dead).json() == BAD_REFRESH_TOKEN
+    assert _refresh(client, "never-issued").status_code == 400
+    assert client.get("/api/v3/athlete", headers={"Authorization": "Bearer never-issued"}).status_code == 401
+    stats = client.get("/_sim/stats").json()
+    assert (stats["dead_refresh_presented"], stats["dead_access_presented"]) == (2, 0)
+
+    auth = {"Authorization": f"Bearer {first['access_token']}"}
+    assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # rotated, but not expired
+    clock.advance(6 * 3600)
+    assert client.get("/athlete", headers=auth).status_code == 401  # expired: dead, in either layout
+    assert client.get("/_sim/stats").json()["dead_access_presented"] == 1
+
+
+def test_short_lived_access_tokens_of_many_holders_live_until_they_expire(clock: FakeClock) -> None:
+    # Several service instances sharing one simulator each keep the access token they got.
+    app = create_simulator(SimulatorConfig(access_token_ttl_s=60), clock=clock)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=5) as http:
+        refresh_token, access_tokens = "sim-refresh-0", []
+        for _ in range(30):
+            issued = _refresh(http, refresh_token).json()
+            refresh_token = issued["refresh_token"]
+            access_tokens.append(issued["access_token"])
+            assert issued["expires_in"] == 60
+        for token in access_tokens:
+            assert http.get("/athlete", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        clock.advance(60)
+        assert http.get("/athlete", headers={"Authorization": f"Bearer {access_tokens[-1]}"}).status_code == 401
+        assert app.state.sim.stats()["dead_refresh_presented"] == 0
+
+
+# ---- both API layouts ----
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ("/athlete", "GET /api/v3/athlete"),
+        ("/athlete/activities?per_page=5", "GET /api/v3/athlete/activities"),
+        ("/activities/{newest}", "GET /api/v3/activities/{id}"),
+        ("/athletes/12345/stats", "GET /api/v3/athletes/{id}/stats"),
+    ],
+)
+def test_root_layout_serves_the_same_api_and_counts_it_under_the_old_names(
+    client: httpx.Client, sim: SimulatorState, path: str, key: str
+) -> None:
+    auth = _login(client, sim)
+    path = path.format(newest=_all_activities(client, auth)[0]["id"])
+    before = client.get("/_sim/stats").json()["calls"].get(key, 0)
+    old, new = client.get(f"/api/v3{path}", headers=auth), client.get(path, headers=auth)
+    assert (old.status_code, new.status_code) == (200, 200)
+    assert new.json() == old.json()
+    assert _usage(new) == ("3,3", "3,3")  # billed like the old layout (the listing above was the first)
+    unauthorized = client.get(path)
+    assert (unauthorized.status_code, unauthorized.json()) == (401, AUTH_ERROR)
+    calls = client.get("/_sim/stats").json()["calls"]
+    assert calls[key] == before + 3
+    assert not any(name.startswith(("GET /athlete", "GET /activities")) for name in calls)
+
+
+def test_faults_hit_both_layouts(client: httpx.Client, sim: SimulatorState) -> None:
+    auth = _login(client, sim)
+    sim.set_fault("http_503", count=2, path_prefix="/api/v3/athlete/activities")
+    assert client.get("/athlete", headers=auth).status_code == 200
+    assert client.get("/athlete/activities", headers=auth).status_code == 503
+    assert client.get("/api/v3/athlete/activities", headers=auth).status_code == 503
+    sim.set_fault("http_500", count=1)  # no prefix: every API call, in either layout, and never /oauth
+    assert _refresh(client, sim.refresh_token or "").status_code == 200
+    assert client.get("/athletes/12345/stats", headers=auth).status_code == 500
+    assert client.get("/unknown", headers=auth).status_code == 404  # unknown root paths are API paths too
+
+
+# ---- what the activities carry ----
+
+
+def test_device_names_vary_and_are_sometimes_absent(client: httpx.Client, sim: SimulatorState) -> None:
+    auth = _login(client, sim)
+    listed = _all_activities(client, auth)
+    details = [client.get(f"/api/v3/activities/{a['id']}", headers=auth).json() for a in listed]
+    for summary, detail in zip(listed, details, strict=True):
+        assert summary.get("device_name") == detail.get("device_name")  # the list carries it as the detail does
+        assert "device_name" not in detail or detail["device_name"] in DEVICES  # absent, never null
+        if detail["sport_type"] == "VirtualRide":
+            assert detail["device_name"] == "Zwift"
+    names = [d.get("device_name") for d in details]
+    assert sum(1 for n in names if n and n.startswith("Garmin")) >= 5
+    assert {"Apple Watch Series 9", "Wahoo ELEMNT BOLT", "Zwift"} <= set(names)
+    assert names.count(None) >= 3
+
+    newest = listed[0]["id"]
+    assert "device_name" not in client.post("/_sim/activities", json={"id": newest, "device_name": None}).json()
+    assert client.post("/_sim/activities", json={"id": newest, "device_name": "Garmin Edge 840"}).status_code == 200
+    assert client.get(f"/activities/{newest}", headers=auth).json()["device_name"] == "Garmin Edge 840"
+    assert client.post("/_sim/activities", json={"id": newest, "device_name": 5}).status_code == 400
+    assert "device_name" not in client.post("/_sim/activities", json={"name": "Typed in"}).json()  # manual
+
+
+def test_one_public_activity_with_a_route_is_named_with_markup(client: httpx.Client, sim: SimulatorState) -> None:
+    everything = _all_activities(client, _login(client, sim))
+    public = [a for a in everything if a["visibility"] == "everyone" and not a["private"]]
+    with_routes = [a for a in public if a["map"]["summary_polyline"]]
+    assert len(with_routes) >= 15
+    marked = [a for a in everything if a["name"] == MARKUP_NAME]
+    assert MARKUP_NAME == "<img src=x onerror=alert(1)>"
+    assert len(marked) == 1 and marked[0] in with_routes[:5]
+
+
+# ---- with the real service ----
+
+
+def test_the_service_keeps_its_token_chain_straight_through_rotations(tmp_path: Path) -> None:
+    """The dead-token counter against the real client, over the root layout the harness wires."""
+    with running_stack(tmp_path) as stack:
+        assert stack.feed().status_code == 200
+        for rotation in range(1, 4):
+            stack.sim.control("expire")  # every access token dies; the refresh token lives on
+            lists = stack.sim.calls(LIST_CALL)
+            assert stack.post(PREFIX + "/refresh", headers=ADMIN).status_code == 202
+            wait_for_calls(stack.sim, LIST_CALL, lists + 2)  # the 401, then the retry with a fresh token
+            assert stack.sim.stats()["token_refreshes"] == 1 + rotation
+        stats = stack.sim.stats()
+        assert stats["dead_access_presented"] >= 3  # expired tokens were presented (and answered 401)
+        assert stack.sim.dead_refresh_presented() == 0
+        assert stack.sim.revoke_grant() == {"revoked": True}
+        assert stack.sim.dead_refresh_presented() == 0  # revoked, but not presented yet

@@ -43,6 +43,10 @@ ITEM_KEYS = {
     "total_elevation_gain_m",
     "average_speed_mps",
     "map",
+    "strava_url",
+    "device_name",
+    "attribution",
+    "route_svg",
 }
 FIELDS = {  # ours -> Strava's
     "name": "name",

@@ -26,6 +26,7 @@ from service.projects.strava_integration.errors import AUTH_START_PATH, Upstream
 from service.projects.strava_integration.sandbox import Sandbox
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
 from service.projects.strava_integration.webhook import ASPECT_TYPES, MAX_ID, OBJECT_TYPES, Event, Webhook
+from service.projects.strava_integration.widget import widget_routes
 from service.registry import ProjectApp, ProjectContext, ProjectSpec
 from service.security import require_api_key
 
@@ -388,6 +389,7 @@ def build(ctx: ProjectContext) -> ProjectApp:
         Route("/auth/start", auth_start),
         Route("/auth/callback", auth_callback, name=f"{NAME}:auth_callback"),
         Route("/auth/disconnect", auth_disconnect, methods=["POST"]),
+        *widget_routes(settings),
     ]
     return ProjectApp(routes=routes, health=health, lifespan=lifespan, info=info)
 

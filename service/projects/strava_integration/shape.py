@@ -6,42 +6,14 @@ Privacy fails closed: an activity is public only if Strava says `private` is fal
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-MAX_POLYLINE = 100_000  # characters; longer strings are not decoded (and not served)
+from service.projects.strava_integration.polyline import MAX_POLYLINE, decode_polyline
 
 
 def is_public(activity: Any) -> bool:
     return isinstance(activity, dict) and activity.get("private") is False and activity.get("visibility") == "everyone"
-
-
-def decode_polyline(encoded: str) -> list[tuple[float, float]]:
-    """Google's encoded polyline algorithm (precision 5). Raises ValueError on a malformed string."""
-    points: list[tuple[float, float]] = []
-    index = lat = lng = 0
-    length = len(encoded)
-    while index < length:
-        deltas = []
-        for _ in range(2):
-            shift = result = 0
-            while True:
-                if index >= length:
-                    raise ValueError("truncated polyline")
-                byte = ord(encoded[index]) - 63
-                index += 1
-                if not 0 <= byte < 64:
-                    raise ValueError("invalid polyline character")
-                result |= (byte & 0x1F) << shift
-                shift += 5
-                if byte < 0x20:
-                    break
-                if shift > 30:
-                    raise ValueError("polyline value too long")
-            deltas.append(~(result >> 1) if result & 1 else result >> 1)
-        lat += deltas[0]
-        lng += deltas[1]
-        points.append((lat / 1e5, lng / 1e5))
-    return points
 
 
 def polyline_bounds(encoded: str) -> dict[str, float] | None:
@@ -74,7 +46,52 @@ def _str(value: Any, limit: int = 1000) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
+STRAVA_ACTIVITY_URL = "https://www.strava.com/activities/{id}"
+ROUTE_SVG_PATH = "/api/strava-integration/activities/{id}/route.svg"
+MAX_DEVICE_NAME = 100
+# Data sources whose terms require the display to credit them: (credit, device name pattern, upload id
+# prefix). Strava's API agreement (1 November 2025) asks for "Garmin" wherever Garmin-recorded data is
+# shown. Garmin Connect's uploads carry an external_id such as "garmin_push_12345", which also covers
+# an activity that arrives without a device_name.
+_ATTRIBUTIONS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("Garmin", re.compile(r"\bgarmin\b", re.IGNORECASE), "garmin_"),
+)
+
+
+def _activity_id(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _device_name(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value.strip()[:MAX_DEVICE_NAME] or None
+
+
+def attribution(device_name: str | None, external_id: Any = None) -> str | None:
+    """Whom the display must credit for data recorded on this device (or uploaded from there), if anyone."""
+    upload = external_id.lower() if isinstance(external_id, str) else ""
+    for credit, device, upload_prefix in _ATTRIBUTIONS:
+        if (device_name and device.search(device_name)) or upload.startswith(upload_prefix):
+            return credit
+    return None
+
+
+def links(activity: dict[str, Any], activity_id: int | None, public: dict[str, Any] | None) -> dict[str, Any]:
+    """What Strava's brand rules and API agreement ask a display to show beside an activity."""
+    device_name = _device_name(activity.get("device_name"))
+    return {
+        "strava_url": STRAVA_ACTIVITY_URL.format(id=activity_id) if activity_id is not None else None,
+        "device_name": device_name,
+        "attribution": attribution(device_name, activity.get("external_id")),
+        # Served only for an activity whose (trimmed) route is handed out at all.
+        "route_svg": ROUTE_SVG_PATH.format(id=activity_id) if activity_id is not None and public else None,
+    }
+
+
 def summary(activity: dict[str, Any]) -> dict[str, Any]:
+    activity_id = _activity_id(activity.get("id"))
+    public = public_map(activity)
     return {
         "id": activity.get("id"),
         "name": _str(activity.get("name"), 300),
@@ -86,7 +103,8 @@ def summary(activity: dict[str, Any]) -> dict[str, Any]:
         "elapsed_time_s": _num(activity.get("elapsed_time")),
         "total_elevation_gain_m": _num(activity.get("total_elevation_gain")),
         "average_speed_mps": _num(activity.get("average_speed")),
-        "map": public_map(activity),
+        "map": public,
+        **links(activity, activity_id, public),
     }
 
 

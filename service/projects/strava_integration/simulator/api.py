@@ -1,11 +1,15 @@
-"""Strava API v3 read endpoints. Auth, rate limits and faults happen in front of these (pipeline.py)."""
+"""Strava API v3 read endpoints. Auth, rate limits and faults happen in front of these (pipeline.py).
+
+Served twice: under /api/v3 (`https://www.strava.com/api/v3`) and at the root, as Strava serves
+them from `https://www.api-v3.strava.com` after 1 June 2027.
+"""
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .config import API_PREFIX
 from .responses import JsonResponse, bad_request, record_not_found, strava_error
+from .sim_config import API_PREFIX
 from .state import SimulatorState
 
 MAX_PER_PAGE = 200  # Strava silently caps per_page at 200
@@ -77,9 +81,12 @@ async def get_athlete_stats(request: Request) -> Response:
     return JsonResponse(_sim(request).athlete_stats())
 
 
+_ENDPOINTS = (
+    ("/athlete", get_athlete),
+    ("/athlete/activities", list_athlete_activities),
+    ("/activities/{id}", get_activity),
+    ("/athletes/{id}/stats", get_athlete_stats),
+)
 routes = [
-    Route(f"{API_PREFIX}/athlete", get_athlete, methods=["GET"]),
-    Route(f"{API_PREFIX}/athlete/activities", list_athlete_activities, methods=["GET"]),
-    Route(f"{API_PREFIX}/activities/{{id}}", get_activity, methods=["GET"]),
-    Route(f"{API_PREFIX}/athletes/{{id}}/stats", get_athlete_stats, methods=["GET"]),
+    Route(prefix + path, endpoint, methods=["GET"]) for prefix in (API_PREFIX, "") for path, endpoint in _ENDPOINTS
 ]

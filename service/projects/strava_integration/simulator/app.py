@@ -1,4 +1,4 @@
-"""create_simulator(): one Starlette app serving /api/v3, /oauth and the /_sim control API."""
+"""create_simulator(): one Starlette app serving the API (at /api/v3 and at the root), /oauth and /_sim."""
 
 import time
 from collections.abc import Callable
@@ -9,11 +9,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import api, control, oauth
-from .config import SimulatorConfig
+from . import api, control, oauth_server
 from .faults import FaultMiddleware
 from .pipeline import BearerAuthMiddleware, CallRecorder, RateLimitMiddleware
 from .responses import strava_error
+from .sim_config import SimulatorConfig
 from .state import SimulatorState
 
 
@@ -30,7 +30,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_simulator(config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.time) -> Starlette:
     """A Strava API v3 look-alike; `clock` (Unix seconds) drives token expiry and rate-limit windows."""
     sim = SimulatorState(config or SimulatorConfig(), clock)
-    routes = [*api.routes, *oauth.routes, *control.routes]
+    routes = [*oauth_server.routes, *control.routes, *api.routes]
     app = Starlette(
         routes=routes,
         middleware=[

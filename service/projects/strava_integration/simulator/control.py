@@ -1,6 +1,9 @@
 """Test-control API under /_sim: lets a test in another process steer the simulator.
 
 Each endpoint is a thin JSON wrapper around the SimulatorState method of the same name.
+POST /_sim/revoke_grant (alias /_sim/revoke) acts out "the athlete revoked the app on
+strava.com": every token of the grant dies at once, and with `{"webhook_url": ...}` the
+deauthorization event Strava would push is posted there (loopback only).
 """
 
 from collections.abc import Awaitable, Callable
@@ -10,11 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .config import CONTROL_PREFIX
+from .events import checked_callback_url, deauthorization_event, deliver
 from .responses import BodyError, JsonResponse, read_json_object, record_not_found
+from .sim_config import CONTROL_PREFIX
 from .state import SimulatorState
 
 _FAULT_KEYS = frozenset({"kind", "count", "delay_s", "path_prefix"})
+_REVOKE_KEYS = frozenset({"webhook_url", "subscription_id"})
+MAX_SUBSCRIPTION_ID = 2**63 - 1
 Handler = Callable[[SimulatorState, dict[str, Any]], Any]
 
 
@@ -71,9 +77,27 @@ def _reset(sim: SimulatorState, body: dict[str, Any]) -> dict[str, Any]:
     return {"reset": True}
 
 
-def _revoke(sim: SimulatorState, body: dict[str, Any]) -> dict[str, Any]:
-    sim.revoke()
-    return {"revoked": True}
+async def revoke_grant(request: Request) -> Response:
+    try:
+        body = await read_json_object(request)
+        unknown = set(body) - _REVOKE_KEYS
+        if unknown:
+            raise ValueError(f"unknown keys: {sorted(unknown)}")
+        url = checked_callback_url(body["webhook_url"]) if body.get("webhook_url") is not None else None
+        sim: SimulatorState = request.app.state.sim
+        subscription_id = body.get("subscription_id", sim.config.webhook_subscription_id)
+        if not isinstance(subscription_id, int) or isinstance(subscription_id, bool):
+            raise ValueError("subscription_id must be an integer")
+        if not 0 < subscription_id <= MAX_SUBSCRIPTION_ID:
+            raise ValueError(f"subscription_id must be in [1, {MAX_SUBSCRIPTION_ID}]")
+    except (BodyError, ValueError) as exc:
+        return _control_error(str(exc))
+    result: dict[str, Any] = {"revoked": sim.revoke()}
+    if url is not None:
+        # After the tokens died, as at Strava: the event only tells the app what already happened.
+        event = deauthorization_event(sim.config.athlete_id, subscription_id, sim.clock())
+        result["webhook"] = await deliver(url, event)
+    return JsonResponse(result)
 
 
 def _expire(sim: SimulatorState, body: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +115,8 @@ routes = [
     Route(f"{CONTROL_PREFIX}/fault", _json_endpoint(_set_fault), methods=["POST"]),
     Route(f"{CONTROL_PREFIX}/limits", _json_endpoint(_set_limits), methods=["POST"]),
     Route(f"{CONTROL_PREFIX}/usage", _json_endpoint(_set_usage), methods=["POST"]),
-    Route(f"{CONTROL_PREFIX}/revoke", _json_endpoint(_revoke), methods=["POST"]),
+    Route(f"{CONTROL_PREFIX}/revoke_grant", revoke_grant, methods=["POST"]),
+    Route(f"{CONTROL_PREFIX}/revoke", revoke_grant, methods=["POST"]),
     Route(f"{CONTROL_PREFIX}/expire", _json_endpoint(_expire), methods=["POST"]),
     Route(f"{CONTROL_PREFIX}/activities", _json_endpoint(_upsert_activity), methods=["POST"]),
     Route(f"{CONTROL_PREFIX}/activities/{{id}}", delete_activity, methods=["DELETE"]),

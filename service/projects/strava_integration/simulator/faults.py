@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .config import API_PREFIX, CONTROL_PREFIX
 from .responses import MAX_BODY_BYTES, JsonResponse, bad_request
+from .sim_config import CONTROL_PREFIX, api_v3_path, is_api_path
 
 if TYPE_CHECKING:
     from .state import SimulatorState
@@ -27,13 +27,16 @@ class Fault:
     kind: str
     count: int | None = None  # requests still to fault; None = until cleared
     delay_s: float = DEFAULT_DELAY_S
-    path_prefix: str | None = None  # None = every /api/v3 request
+    path_prefix: str | None = None  # None = every API request
 
     def applies_to(self, path: str) -> bool:
         # The control API must stay reachable, or a test could never clear the fault again.
         if path.startswith(CONTROL_PREFIX):
             return False
-        return path.startswith(self.path_prefix or API_PREFIX)
+        if self.path_prefix is None:
+            return is_api_path(path)
+        # A prefix in either layout hits both: "/api/v3/athlete" also faults "/athlete".
+        return path.startswith(self.path_prefix) or api_v3_path(path).startswith(self.path_prefix)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,8 +13,8 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .config import API_PREFIX, CONTROL_PREFIX
 from .responses import authorization_error, rate_limit_exceeded
+from .sim_config import CONTROL_PREFIX, api_v3_path, is_api_path
 
 if TYPE_CHECKING:
     from .state import SimulatorState
@@ -26,7 +26,8 @@ class CallRecorder:
     """Counts requests per "<METHOD> <route template>" for /_sim/stats.
 
     Keys come from closed sets (route templates, known methods), so the counter cannot grow
-    with whatever paths a client makes up.
+    with whatever paths a client makes up. API templates are named in the /api/v3 layout whichever
+    layout the client calls, so a count means the same before and after Strava's move to the root.
     """
 
     def __init__(self, app: ASGIApp, state: "SimulatorState", routes: Sequence[BaseRoute]) -> None:
@@ -38,25 +39,26 @@ class CallRecorder:
         for route in self.routes:
             match, _ = route.matches(scope)
             if match is not Match.NONE:
-                return getattr(route, "path", "<unmatched>")
+                path = getattr(route, "path", None)
+                return api_v3_path(path) if path else "<unmatched>"
         return "<unmatched>"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith(CONTROL_PREFIX):
             method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
-            self.state.record_call(f"{method} {self._template(scope)}", api=scope["path"].startswith(API_PREFIX))
+            self.state.record_call(f"{method} {self._template(scope)}", api=is_api_path(scope["path"]))
         await self.app(scope, receive, send)
 
 
 class RateLimitMiddleware:
-    """Bills every /api/v3 request and stamps the X-RateLimit headers on whatever answer follows."""
+    """Bills every API request and stamps the X-RateLimit headers on whatever answer follows."""
 
     def __init__(self, app: ASGIApp, state: "SimulatorState") -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if scope["type"] != "http" or not is_api_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         exceeded, limit_headers = self.state.count_api_request()
@@ -79,14 +81,14 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 class BearerAuthMiddleware:
-    """Every /api/v3 request needs a live access token, including ones for unknown routes."""
+    """Every API request needs a live access token, including ones for unknown routes."""
 
     def __init__(self, app: ASGIApp, state: "SimulatorState") -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
+        if scope["type"] == "http" and is_api_path(scope["path"]):
             token = bearer_token(scope)
             if token is None or not self.state.access_valid(token):
                 await authorization_error()(scope, receive, send)

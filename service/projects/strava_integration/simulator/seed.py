@@ -19,12 +19,14 @@ ACTIVITY_SPAN_DAYS = 90
 # ".invalid" is reserved (RFC 6761): picture URLs look real but can never hit a real host.
 PICTURE_HOST = "https://strava-sim.invalid"
 
+# One public activity with a route carries this name, so front ends can show it stays text.
+MARKUP_NAME = "<img src=x onerror=alert(1)>"
+
 # Keys only GET /activities/{id} returns.
 DETAIL_ONLY_KEYS = frozenset(
     {
         "description",
         "calories",
-        "device_name",
         "embed_token",
         "photos",
         "segment_efforts",
@@ -92,7 +94,24 @@ _SPORTS = (
 )
 _SPORT_BY_TYPE = {s.sport_type: s for s in _SPORTS}
 _GEAR = {"Run": "g9000001", "TrailRun": "g9000002", "Ride": "b9000001", "MountainBikeRide": "b9000002"}
-_DEVICE = {"VirtualRide": "Zwift", "Swim": "Garmin Swim 2"}
+# Recording devices by sport; None: Strava sends no device_name (a manual entry or a phone app).
+_FOOT_DEVICES = ("Garmin Forerunner 965", "Garmin fenix 7", "Apple Watch Series 9", "Garmin Forerunner 965", None)
+_DEVICES: dict[str, tuple[str | None, ...]] = {
+    "Run": _FOOT_DEVICES,
+    "TrailRun": ("Garmin fenix 7", "Garmin Forerunner 965", "Apple Watch Series 9"),
+    "Walk": ("Apple Watch Series 9", None),
+    "Hike": ("Garmin fenix 7", None),
+    "Ride": ("Garmin Edge 840", "Wahoo ELEMNT BOLT", "Garmin Edge 840", None),
+    "MountainBikeRide": ("Garmin Edge 840", "Wahoo ELEMNT BOLT"),
+    "VirtualRide": ("Zwift",),
+    "Swim": ("Garmin Swim 2", "Apple Watch Series 9", None),
+}
+
+
+def _device_name(sport_type: str, activity_id: int) -> str | None:
+    # Its own generator, seeded by the id: the shared one's sequence (and so every other seeded
+    # value) stays what it was before devices varied.
+    return random.Random(activity_id).choice(_DEVICES.get(sport_type, (None,)))
 
 
 def athlete_summary(athlete_id: int) -> dict[str, Any]:
@@ -212,7 +231,7 @@ def build_activity(
     has_heartrate = sport.sport_type != "Swim" or rng.random() < 0.5
     watts = sport.legacy_type in ("Ride", "VirtualRide") and rng.random() < 0.7
     average_watts = round(rng.uniform(140, 240), 1) if watts else None
-    return {
+    activity: dict[str, Any] = {
         "resource_state": 3,
         "athlete": {"id": athlete_id, "resource_state": 1},
         "name": f"{_part_of_day(local_start.hour)} {sport.label}",
@@ -273,7 +292,7 @@ def build_activity(
         "has_kudoed": False,
         "description": rng.choice([None, "", "Easy one.", "Legs felt heavy after yesterday.", "New route!"]),
         "calories": round(distance / 1000 * rng.uniform(40, 70), 1),
-        "device_name": _DEVICE.get(sport.sport_type, "Garmin Forerunner 255"),
+        "device_name": _device_name(sport.sport_type, activity_id),
         "embed_token": f"{rng.getrandbits(160):040x}",
         "photos": _photos(rng, activity_id, photo_count),
         "segment_efforts": [],
@@ -282,6 +301,9 @@ def build_activity(
         "available_zones": [],
         "hide_from_home": False,
     }
+    if activity["device_name"] is None:
+        del activity["device_name"]  # Strava leaves the key out rather than sending null
+    return activity
 
 
 def _photos(rng: random.Random, activity_id: int, count: int) -> dict[str, Any]:
@@ -319,7 +341,19 @@ def seed_activities(athlete_id: int, count: int, anchor: float) -> dict[int, dic
     for index, local_start, city in reversed(drafts):
         next_id += rng.randint(20_000, 900_000)
         activities[next_id] = build_activity(rng, index, next_id, athlete_id, local_start, city)
+    _name_one_with_markup(activities)
     return activities
+
+
+def _name_one_with_markup(activities: dict[int, dict[str, Any]]) -> None:
+    """Give MARKUP_NAME to the second-newest public activity with a route: on any first page."""
+    public_with_routes = [
+        a
+        for a in sorted(activities.values(), key=lambda a: a["start_date"], reverse=True)
+        if a["visibility"] == "everyone" and not a["private"] and a["map"]["summary_polyline"]
+    ]
+    if len(public_with_routes) >= 2:
+        public_with_routes[1]["name"] = MARKUP_NAME
 
 
 def default_activity(activity_id: int, athlete_id: int, now: float) -> dict[str, Any]:
@@ -337,6 +371,7 @@ def default_activity(activity_id: int, athlete_id: int, now: float) -> dict[str,
         photos={"primary": None, "count": 0},
         total_photo_count=0,
     )
+    activity.pop("device_name", None)  # typed in by hand: no device recorded it
     return activity
 
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .activity_stats import activity_stats
-from .config import SimulatorConfig
 from .faults import DEFAULT_DELAY_S, Fault, make_fault
+from .grants import GrantStore
 from .ratelimit import LIMIT_KEYS, USAGE_KEYS, RateLimiter
 from .seed import athlete_summary, default_activity, detail_view, parse_iso_z, seed_activities, summary_view
-from .tokens import TokenStore
+from .sim_config import SimulatorConfig
 
 MAX_ACTIVITY_ID = 2**53  # ids must survive a round trip through JavaScript clients
 MAX_ACTIVITIES = 10_000
@@ -38,7 +38,7 @@ class SimulatorState:
 
     def _initialise(self) -> None:
         config, now = self.config, self.clock()
-        self.tokens = TokenStore(config.initial_refresh_token, config.access_token_ttl_s)
+        self.tokens = GrantStore(config.initial_refresh_token, config.access_token_ttl_s)
         self.limiter = RateLimiter({key: getattr(config, key) for key in LIMIT_KEYS}, now)
         self.fault: Fault | None = None
         self.athlete = athlete_summary(config.athlete_id)
@@ -47,6 +47,11 @@ class SimulatorState:
         self.total_api_calls = 0
         self.token_refreshes = 0
         self.code_exchanges = 0
+        # Tokens that once worked, presented after they died: a client that keeps its token chain
+        # straight (one refresh at a time, the newest token always saved) never presents one.
+        self.dead_refresh_presented = 0
+        self.dead_access_presented = 0
+        self.grants_revoked = 0
 
     # ---- control operations (also exposed over HTTP under /_sim) ----
 
@@ -72,10 +77,19 @@ class SimulatorState:
             self.limiter.set_usage(self.clock(), values)
             return dict(self.limiter.usage)
 
-    def revoke(self) -> None:
-        """The athlete revoked access: refresh and access tokens all stop working."""
+    def revoke(self) -> bool:
+        """The athlete revoked the app: every token of the grant stops working at once."""
         with self._lock:
-            self.tokens.revoke_all()
+            revoked = self.tokens.revoke_all()
+            self.grants_revoked += revoked
+            return revoked
+
+    def revoke_token(self, token: str) -> bool:
+        """oauth/revoke: either token of the grant ends the whole grant; False if it is not one of them."""
+        with self._lock:
+            if not self.tokens.owns(token):
+                return False
+            return self.revoke()
 
     def expire_access_tokens(self) -> None:
         with self._lock:
@@ -96,6 +110,8 @@ class SimulatorState:
             merged = {**current, **fields, "id": activity_id}
             if isinstance(fields.get("map"), dict):
                 merged["map"] = {**current["map"], **fields["map"]}
+            if "device_name" in merged and merged["device_name"] is None:
+                del merged["device_name"]  # null means "no device", which Strava says by leaving the key out
             self.activities[activity_id] = merged
             return detail_view(merged)
 
@@ -111,6 +127,10 @@ class SimulatorState:
                 "total_api_calls": self.total_api_calls,
                 "token_refreshes": self.token_refreshes,
                 "code_exchanges": self.code_exchanges,
+                "dead_refresh_presented": self.dead_refresh_presented,
+                "dead_access_presented": self.dead_access_presented,
+                "grant": self.tokens.number,
+                "grants_revoked": self.grants_revoked,
                 "refresh_token": self.tokens.refresh_token,
                 "usage": {key: snapshot[key] for key in USAGE_KEYS},
                 "limits": {key: snapshot[key] for key in LIMIT_KEYS},
@@ -148,12 +168,15 @@ class SimulatorState:
 
     def access_valid(self, token: str) -> bool:
         with self._lock:
-            return self.tokens.access_valid(token, self.clock())
+            state = self.tokens.access_state(token, self.clock())
+            self.dead_access_presented += state == "dead"
+            return state == "live"
 
     def refresh(self, refresh_token: str) -> dict[str, Any] | None:
         with self._lock:
             issued = self.tokens.refresh(refresh_token, self.clock())
             self.token_refreshes += issued is not None
+            self.dead_refresh_presented += issued is None and self.tokens.is_dead_refresh(refresh_token)
             return issued
 
     def new_code(self) -> str:
@@ -169,11 +192,11 @@ class SimulatorState:
             return {**issued, "athlete": dict(self.athlete)}
 
     def deauthorize(self, access_token: str) -> bool:
+        """The retired oauth/deauthorize: needs a live access token, then ends the grant."""
         with self._lock:
-            if not self.tokens.access_valid(access_token, self.clock()):
+            if self.tokens.access_state(access_token, self.clock()) != "live":
                 return False
-            self.tokens.revoke_all()
-            return True
+            return self.revoke()
 
     def list_activities(self, *, before: int | None, after: int | None, page: int, per_page: int) -> list[dict]:
         with self._lock:
@@ -219,3 +242,5 @@ def _validate_activity_fields(fields: Any) -> None:
         raise ValueError("map must be an object")
     if "name" in fields and not isinstance(fields["name"], str):
         raise ValueError("name must be a string")
+    if fields.get("device_name") is not None and not isinstance(fields["device_name"], str):
+        raise ValueError("device_name must be a string or null")
