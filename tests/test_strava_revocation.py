@@ -29,7 +29,6 @@ from tests.figures import record
 from tests.strava_harness import (
     ADMIN,
     CLIENT_ID,
-    LIST_CALL,
     PREFIX,
     TOKEN_CALL,
     Sim,
@@ -211,9 +210,10 @@ def test_a_real_revocation_right_after_a_flood_of_forged_ones_stops_serving_with
     for _ in range(forged):
         deauthorize(stack)
     assert stack.feed().status_code == 200
-    sim.control("revoke")
     started = time.monotonic()
-    deauthorize(stack)
+    # The owner revokes the app on strava.com, and Strava posts its event to our webhook.
+    revoked = sim.revoke_grant(webhook_url=stack.base_url + PREFIX + "/webhook")
+    assert revoked["webhook"] == {"delivered": True, "status": 200}
     assert wait_until(lambda: stack.feed().status_code == 503, HONOURED_WITHIN_S)
     elapsed = time.monotonic() - started
     total = time.monotonic() - flood_started
@@ -316,6 +316,7 @@ def test_a_wrong_client_secret_keeps_the_data_and_says_to_check_the_credentials(
         health = stack.health()
         assert health["status"] == "fail"
         assert "STRAVA_CLIENT_ID/STRAVA_CLIENT_SECRET" in health["output"]
+        assert "client_secret" in health["output"]  # Strava names the wrong one; so do we
         assert "re-authorize" not in health["output"] and AUTH_START not in health["output"]
         for _ in range(3):  # stale data, served; the same refusal is not asked for again and again
             served = stack.feed()
@@ -358,6 +359,37 @@ def test_disconnect_drops_everything_even_when_strava_cannot_revoke(stack: Stack
     assert again.status_code == 200 and again.json() == {"status": "disconnected", "revoked_at_strava": False}
 
 
+def test_disconnect_revokes_the_grant_at_strava_and_drops_everything(stack: Stack, sim: Sim) -> None:
+    assert stack.api("/stats").status_code == 200
+    calls = api_calls(sim)
+    response = stack.post(PREFIX + "/auth/disconnect", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "disconnected", "revoked_at_strava": True}
+    stats = sim.stats()
+    assert stats["grants_revoked"] == 1 and stats["refresh_token"] is None  # every token of the grant is dead
+    assert_purged(stack)
+    health = stack.health()
+    assert health["status"] == "warn" and health["observedValue"] == "disconnected"
+    assert AUTH_START in health["output"] and "re-authorize" not in health["output"]
+    assert api_calls(sim) == calls
+    assert sim.dead_refresh_presented() == 0
+
+
+def test_disconnect_waits_for_a_refresh_in_flight_and_revokes_the_newest_token(
+    stack: Stack, sim: Sim, upstream: Upstream, clock: FakeClock
+) -> None:
+    """Revoking the rotated-away token would leave the grant alive at Strava."""
+    clock.advance(SIX_HOURS)  # the access token expires: the next feed refresh rotates the set
+    upstream.hold_next_token_answer(0.5)
+    clock.advance(TTL + 1)
+    stack.feed()  # stale; the background refresh is on its way
+    assert upstream.holding.wait(5)
+    response = stack.post(PREFIX + "/auth/disconnect", headers=ADMIN)
+    assert response.json() == {"status": "disconnected", "revoked_at_strava": True}
+    assert sim.stats()["grants_revoked"] == 1
+    assert_purged(stack)
+
+
 # ---- where tokens travel ----
 
 
@@ -381,4 +413,6 @@ def test_tokens_travel_only_in_headers_and_form_bodies_never_in_urls(
         for token in saved | bearers:
             assert token not in target, f"a token in a URL: {target[:60]}"
     assert any(t.startswith("/oauth/token") for t in upstream.targets)
-    assert any(t.startswith(LIST_CALL.split(" ")[1]) for t in upstream.targets)
+    assert any(t.startswith("/oauth/revoke") for t in upstream.targets)
+    assert any("/athlete/activities?" in t for t in upstream.targets)  # either API layout
+    assert sim.dead_refresh_presented() == 0
