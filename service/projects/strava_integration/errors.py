@@ -88,6 +88,17 @@ class CredentialsRejected(UpstreamError):
     default_message = "Strava rejected the application's credentials: check STRAVA_CLIENT_ID/STRAVA_CLIENT_SECRET."
 
 
+class TokenRefreshPostponed(UpstreamUnavailable):
+    """No token refresh without the shared lock (that would fork the token chain): the data goes stale instead."""
+
+    status = 503
+    code = "strava_token_refresh_postponed"
+    default_message = "The Strava token cannot be refreshed right now; try again shortly."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, retry_after=5)
+
+
 class AccessUnconfirmed(UpstreamError):
     """A deauthorization event could not be checked with Strava yet: the owner's data is withheld until it is."""
 

@@ -29,6 +29,7 @@ from service.projects.strava_integration.webhook import ASPECT_TYPES, MAX_ID, OB
 from service.projects.strava_integration.widget import widget_routes
 from service.registry import ProjectApp, ProjectContext, ProjectSpec
 from service.security import require_api_key
+from service.store import Store, build_store
 
 __all__ = ["DOCUMENTED", "PROJECT"]
 NAME = "strava-integration"
@@ -158,7 +159,8 @@ def build(ctx: ProjectContext) -> ProjectApp:
         ctx.redactor.add_secret(secret)
     metrics = StravaMetrics(ctx.metrics)
     budget = Budget(settings.budget_reserve, metrics, ctx.clock)
-    client = StravaClient(settings, metrics, ctx.redactor, ctx.clock, budget)
+    store, own_store = _store_for(ctx)
+    client = StravaClient(settings, metrics, ctx.redactor, ctx.clock, budget, store=store)
     data = StravaData(settings, client, ctx.metrics, ctx.clock)
     control = cache_control(settings.cache_ttl_seconds, settings.cache_stale_seconds)
     signer = oauth.StateSigner((settings.client_secret or "") + "\x00" + (settings.admin_api_key or ""), ctx.clock)
@@ -369,6 +371,9 @@ def build(ctx: ProjectContext) -> ProjectApp:
             if sandbox is not None:
                 url = await stack.enter_async_context(sandbox.serve())
                 log.warning("strava_sandbox", simulator=url, note="SANDBOX: serving simulated Strava data")
+            if own_store:
+                await store.start()
+                stack.push_async_callback(store.aclose)  # last: the client may still write the token set
             stack.push_async_callback(client.aclose)
             stack.push_async_callback(data.aclose)
             stack.push_async_callback(webhook.aclose)
@@ -392,6 +397,27 @@ def build(ctx: ProjectContext) -> ProjectApp:
         *widget_routes(settings),
     ]
     return ProjectApp(routes=routes, health=health, lifespan=lifespan, info=info)
+
+
+def _store_for(ctx: ProjectContext) -> tuple[Store, bool]:
+    """The app's shared store, and whether this project must start and close it.
+
+    TEMPORARY until create_app puts the store into the ProjectContext (`ctx.store`): meanwhile the
+    project builds its own from the same settings (REDIS_URL unset: the in-process store).
+    """
+    shared: Store | None = getattr(ctx, "store", None)
+    if shared is not None:
+        return shared, False
+    s = ctx.settings
+    store = build_store(
+        s.redis_url,
+        ctx.metrics,
+        ca_cert=s.redis_ca_cert,
+        key_prefix=s.redis_key_prefix,
+        timeout_s=s.redis_timeout_seconds,
+        clock=ctx.clock,
+    )
+    return store, True
 
 
 PROJECT = ProjectSpec(
