@@ -8,9 +8,10 @@ which does not count against the API rate limits:
   (tokens dropped, the data layer's purge hook run), so there is one revocation path, not two.
 - accepted: the event was forged; nothing changes (the cache is not even touched). The refresh
   rotated the token set, which the token manager persists like any other.
-- inconclusive (the token endpoint is down, slow, or refuses our client credentials): privacy
-  first. Nothing of the owner's is served (`withheld`: the data layer answers 503 with
-  Retry-After) until a check succeeds; checks are retried in the background with backoff.
+- inconclusive (the token endpoint is down, slow, or refuses our client credentials; or the
+  shared store is unreachable, and no refresh may be sent without its lock): privacy first.
+  Nothing of the owner's is served (`withheld`: the data layer answers 503 with Retry-After)
+  until a check succeeds; checks are retried in the background with backoff.
 
 Concurrent events share one check, but a check proves only what was true when it started: an
 event that arrives while one is in flight gets the next one (the `again` of cache.py). Checks
