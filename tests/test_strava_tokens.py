@@ -163,7 +163,7 @@ async def test_a_refused_refresh_token_ends_the_grant_and_runs_the_revocation_ho
     tokens = make_tokens(settings, http, clock, harness)
     purges: list[bool] = []
 
-    async def on_revoked() -> None:
+    async def on_revoked(everywhere: bool) -> None:
         purges.append(tokens.connected)  # the tokens are gone from memory before the data is purged
 
     tokens.on_revoked = on_revoked
@@ -206,7 +206,7 @@ async def test_wrong_client_credentials_keep_the_grant_and_the_held_token(
     tokens = make_tokens(replace(settings, client_secret="wrong-secret-value"), http, clock, Harness())
     purges: list[str] = []
 
-    async def on_revoked() -> None:
+    async def on_revoked(everywhere: bool) -> None:
         purges.append("purged")
 
     tokens.on_revoked = on_revoked

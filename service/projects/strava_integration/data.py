@@ -255,10 +255,12 @@ class StravaData:
         """
         return await self.grant.deauthorization() == "revoked"
 
-    async def purge(self) -> None:
+    async def purge(self, everywhere: bool = True) -> None:
         """The owner's grant ended: nothing of theirs is served again (the token manager's `on_revoked`).
 
-        Local memory first, before any await, so no request sees the data after this starts.
+        Local memory first, before any await, so no request sees the data after this starts. Once
+        data is shared, `everywhere` says to purge the shared tier and tell the other instances too
+        (False: another instance ended the grant and has told everyone already).
         """
         self.forget_cached()
         log.warning("strava_cache_purged")

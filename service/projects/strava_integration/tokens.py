@@ -162,7 +162,8 @@ class TokenManager:
         self._rejected: tuple[str, float] | None = None  # (refresh token, when) our credentials were rejected
         self._credentials_rejected = False  # Strava refused client_id/client_secret since the last success
         self._ended: str | None = None  # why the grant ended: "revoked" or "disconnected"; None while held
-        self.on_revoked: Callable[[], Awaitable[None]] | None = None
+        # Called with `everywhere`: False when another instance ended the grant (and told the others).
+        self.on_revoked: Callable[[bool], Awaitable[None]] | None = None
         self._env_fallback_used = False
         self._file_problem: str | None = None  # "unreadable" or "corrupt" when load() had to skip the file
         self._generation = 0  # bumped by forget() and exchange_code(): older refreshes are discarded
@@ -709,7 +710,7 @@ class TokenManager:
         hook = self.on_revoked
         if hook is not None:
             try:
-                await hook()
+                await hook(everywhere)
             except Exception as exc:  # the file must go all the same
                 log.error("strava_purge_failed", error=type(exc).__name__)
         async with self._file_lock:
