@@ -225,9 +225,22 @@ def test_fuzz_every_operation(fuzz_service: ServiceProcess, public_ids: list[int
     run("anonymous", load_schema(fuzz_service, public_ids, {}))
 
 
+def reconnect_sandbox(service: ServiceProcess) -> None:
+    """Authorize again, as the owner would: the admin run's `auth/disconnect` ended the sandbox's grant."""
+    with httpx.Client(base_url=service.base_url, timeout=10, trust_env=False) as http:
+        start = http.get("/api/strava-integration/auth/start", headers={"X-API-Key": ADMIN_KEY})
+        approve = http.get(start.headers["location"])  # the simulator's consent screen approves at once
+        connected = http.get(approve.headers["location"])  # back to our callback with a code
+        assert connected.status_code == 200, connected.text
+        assert http.get("/api/strava-integration/feed").status_code == 200
+
+
 def test_fuzz_admin_operations_with_key(fuzz_service: ServiceProcess, public_ids: list[int]) -> None:
     schema = load_schema(fuzz_service, public_ids, {"X-API-Key": ADMIN_KEY}).include(is_admin_operation)
-    run("admin", schema)
+    try:
+        run("admin", schema)
+    finally:
+        reconnect_sandbox(fuzz_service)
 
 
 def test_fuzz_totals(fuzz_service: ServiceProcess) -> None:

@@ -190,20 +190,21 @@ def test_a_429_is_survived(stack: Stack, simulator: Sim, clock: FakeClock) -> No
     assert stack.api("/stats").status_code == 200
 
 
-def test_a_revoked_grant_is_survived_and_health_says_where_to_reconnect(
+def test_a_revoked_grant_purges_the_data_and_health_says_where_to_reconnect(
     stack: Stack, simulator: Sim, clock: FakeClock
 ) -> None:
-    cached = stack.feed().json()["activities"]
+    assert stack.feed().status_code == 200
     simulator.control("revoke")  # the athlete revoked access on strava.com; no webhook reached us
 
+    started = time.perf_counter()
     cold = stack.api("/stats")
+    survived["revoked_refresh_token"] = time.perf_counter() - started
     body = assert_error(cold, 503, "strava_auth_rejected")
     assert AUTH_START in body["message"]
-    clock.advance(TTL + 1)
-    started = time.perf_counter()
-    warm = stack.feed()
-    survived["revoked_refresh_token"] = time.perf_counter() - started
-    assert warm.status_code == 200 and warm.json()["stale"] is True and warm.json()["activities"] == cached
+    # Strava refused the grant: what was cached of the owner's is not served any more, stale or not.
+    body = assert_error(stack.feed(), 503, "strava_not_configured")
+    assert AUTH_START in body["message"]
+    assert stack.status()["cache"]["entries"] == 0
 
     health = stack.get("/health")
     check = health.json()["checks"]["strava-integration"][0]
@@ -211,11 +212,13 @@ def test_a_revoked_grant_is_survived_and_health_says_where_to_reconnect(
     assert AUTH_START in check["output"]
     assert stack.get("/readyz").status_code == 200
     refreshes = simulator.calls(TOKEN_CALL)
+    calls = simulator.stats()["total_api_calls"]
     for _ in range(3):
         clock.advance(TTL + 1)
-        assert stack.feed().status_code == 200
+        assert_error(stack.feed(), 503, "strava_not_configured")
     time.sleep(0.1)
-    assert simulator.calls(TOKEN_CALL) == refreshes  # a dead token is not retried in a loop
+    assert simulator.calls(TOKEN_CALL) == refreshes  # the dead token is never presented again
+    assert simulator.stats()["total_api_calls"] == calls
 
 
 # ---- the rate-limit budget ----

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
     AuthRejected,
+    CredentialsRejected,
     NotConfigured,
     UpstreamUnavailable,
 )
@@ -156,35 +157,74 @@ async def test_a_refresh_failure_hands_out_the_still_valid_token(
         await tokens.access_token()
 
 
-async def test_a_rejected_refresh_token_marks_auth_failed_and_is_not_retried_in_a_loop(
+async def test_a_refused_refresh_token_ends_the_grant_and_runs_the_revocation_hook_once(
     settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
 ) -> None:
     tokens = make_tokens(settings, http, clock, harness)
+    purges: list[bool] = []
+
+    async def on_revoked(everywhere: bool) -> None:
+        purges.append(tokens.connected)  # the tokens are gone from memory before the data is purged
+
+    tokens.on_revoked = on_revoked
     tokens.load()
     await tokens.access_token()
     assert harness.sample("siteapi_strava_auth_ok") == 1
-    sim.revoke()
+    sim.revoke()  # the owner revoked the app on strava.com; no event reached us
     clock.advance(SIX_HOURS)
 
     with pytest.raises(AuthRejected) as caught:
         await tokens.access_token()
     assert "/api/strava-integration/auth/start" in caught.value.message
     assert caught.value.status == 503 and caught.value.code == "strava_auth_rejected"
+    assert purges == [False]
+    assert not settings.token_file.exists()
     status = tokens.status()
-    assert status["auth_ok"] is False
+    assert status["auth_ok"] is False and status["ended"] == "revoked" and status["credentials_rejected"] is False
     assert "/api/strava-integration/auth/start" in status["last_error"]
     assert harness.sample("siteapi_strava_auth_ok") == 0
     assert harness.sample("siteapi_strava_token_refreshes_total", {"outcome": "rejected"}) == 1
 
     calls = refresh_calls(sim)
-    for _ in range(5):
-        with pytest.raises(AuthRejected):
+    for _ in range(5):  # the dead token is never presented again, now or later
+        with pytest.raises(NotConfigured) as later:
             await tokens.access_token()
-    assert refresh_calls(sim) == calls  # no request for the same dead token within a minute
-    clock.advance(61)
-    with pytest.raises(AuthRejected):
+        assert "/api/strava-integration/auth/start" in later.value.message
+        clock.advance(61)
+    assert refresh_calls(sim) == calls
+    assert purges == [False]
+
+
+async def test_wrong_client_credentials_keep_the_grant_and_the_held_token(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    good = make_tokens(settings, http, clock, harness)
+    good.load()
+    held = await good.access_token()
+    saved = settings.token_file.read_bytes()
+    # The operator mistyped the secret and restarted: the saved token set is loaded as before.
+    tokens = make_tokens(replace(settings, client_secret="wrong-secret-value"), http, clock, Harness())
+    purges: list[str] = []
+
+    async def on_revoked(everywhere: bool) -> None:
+        purges.append("purged")
+
+    tokens.on_revoked = on_revoked
+    tokens.load()
+    clock.advance(SIX_HOURS - 60)  # inside the refresh margin: a refresh is tried, and refused
+    assert await tokens.access_token() == held  # still valid for a minute, so still used
+    status = tokens.status()
+    assert status["credentials_rejected"] is True and status["ended"] is None and status["auth_ok"] is False
+    assert "STRAVA_CLIENT_ID/STRAVA_CLIENT_SECRET" in status["last_error"]
+    assert "re-authorize" not in status["last_error"]
+    assert settings.token_file.read_bytes() == saved and purges == []
+    calls = refresh_calls(sim)
+    clock.advance(40)  # now too close to expiry to hand out
+    with pytest.raises(CredentialsRejected) as caught:
         await tokens.access_token()
-    assert refresh_calls(sim) == calls + 1
+    assert caught.value.code == "strava_credentials_rejected"
+    assert refresh_calls(sim) == calls  # the same refusal is not asked again within a minute
+    assert tokens.connected and purges == [] and settings.token_file.exists()
 
 
 async def test_a_dead_persisted_token_falls_back_to_the_environment_once(
@@ -222,12 +262,12 @@ async def test_tokens_never_reach_the_logs_and_are_taught_to_the_redactor(
     with capture_logs() as logs:
         tokens.load()
         access = await tokens.access_token()
+        saved = orjson.loads(settings.token_file.read_bytes())
         sim.revoke()
         clock.advance(SIX_HOURS)
         with pytest.raises(AuthRejected):
             await tokens.access_token()
     rendered = orjson.dumps(logs, default=str).decode()
-    saved = orjson.loads(settings.token_file.read_bytes())
     for secret in (access, saved["refresh_token"], SIM.client_secret, SIM.initial_refresh_token):
         assert secret not in rendered
         assert harness.redactor.scrub(f"x {secret} y") == "x [REDACTED] y"

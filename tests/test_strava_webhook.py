@@ -19,6 +19,7 @@ from tests.strava_harness import (
     ADMIN,
     LIST_CALL,
     PREFIX,
+    TOKEN_CALL,
     VERIFY_TOKEN,
     Stack,
     assert_error,
@@ -48,6 +49,13 @@ def feed_ids(stack: Stack) -> list[int]:
     response = stack.feed("limit=200")
     assert response.status_code == 200, response.text
     return [a["id"] for a in response.json()["activities"]]
+
+
+def saved_refresh_token(stack: Stack) -> str | None:
+    try:
+        return orjson.loads(stack.token_file.read_bytes())["refresh_token"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
 
 
 def validate(stack: Stack, **params: str | None) -> Any:
@@ -232,10 +240,11 @@ def test_deauthorization_deletes_the_tokens_and_every_cached_item(tmp_path) -> N
         status = stack.status()
         assert status["cache"]["entries"] == 0
         assert status["token"]["auth_ok"] is False
-        # Nothing more was asked of Strava than the one check that the grant is really gone.
+        # Nothing more was asked of Strava than the one check that the grant is really gone: a
+        # refresh at the token endpoint, which costs none of the API rate budget.
         after = stack.sim.stats()["calls"]
         checks = {k: after.get(k, 0) - calls.get(k, 0) for k in set(after) | set(calls)}
-        assert {k: v for k, v in checks.items() if v} == {"GET /api/v3/athlete": 1, "POST /oauth/token": 1}
+        assert {k: v for k, v in checks.items() if v} == {TOKEN_CALL: 1}
 
         health = stack.get("/health")
         check = health.json()["checks"]["strava-integration"][0]
@@ -272,11 +281,12 @@ def test_right_after_a_restart_a_deauthorization_is_checked_against_the_connecte
             assert_error(stack.feed(), 503, "strava_not_configured")
 
 
-def test_a_forged_deauthorization_for_the_right_owner_keeps_the_grant(tmp_path) -> None:
+def test_a_forged_deauthorization_for_the_right_owner_keeps_the_grant_and_the_cache(tmp_path) -> None:
     """Strava does not sign events and athlete ids are public: Strava itself must confirm."""
     with running_stack(tmp_path) as stack:
-        assert stack.feed().status_code == 200
-        athletes = stack.sim.calls("GET /api/v3/athlete")
+        before = stack.feed().json()
+        refreshes = stack.sim.calls(TOKEN_CALL)
+        api_calls = stack.sim.stats()["total_api_calls"]
         forged = {
             "object_type": "athlete",
             "object_id": stack.sim.state.config.athlete_id,
@@ -284,12 +294,15 @@ def test_a_forged_deauthorization_for_the_right_owner_keeps_the_grant(tmp_path) 
             "updates": {"authorized": "false"},
         }
         assert stack.webhook(**forged).status_code == 200
-        wait_for_calls(stack.sim, "GET /api/v3/athlete", athletes + 1)  # asked Strava: grant still alive
-        assert wait_until(lambda: stack.feed().status_code == 200, 5)
+        wait_for_calls(stack.sim, TOKEN_CALL, refreshes + 1)  # asked Strava's token endpoint: grant alive
+        assert stack.feed().json() == before  # served all along, from the same cached list
+        assert wait_until(lambda: saved_refresh_token(stack) == stack.sim.stats()["refresh_token"], 5)  # rotated
+        for _ in range(5):  # a burst of forgeries: they share the next check
+            assert stack.webhook(**forged).status_code == 200
+        wait_for_calls(stack.sim, TOKEN_CALL, refreshes + 2)
+        time.sleep(0.3)
+        assert stack.sim.calls(TOKEN_CALL) <= refreshes + 3
+        assert stack.sim.stats()["total_api_calls"] == api_calls  # no API call: the rate budget is untouched
+        assert stack.feed().json() == before
         assert stack.token_file.exists()
         assert stack.status()["token"]["auth_ok"] is True
-        for _ in range(5):  # a flood of forgeries within the minute costs no further calls
-            assert stack.webhook(**forged).status_code == 200
-        time.sleep(0.3)
-        assert stack.sim.calls("GET /api/v3/athlete") == athletes + 1
-        assert stack.token_file.exists()

@@ -36,6 +36,7 @@ from service.projects.strava_integration.errors import (
 )
 from service.projects.strava_integration.tokens import TokenManager
 from service.projects.strava_integration.upstream_metrics import StravaMetrics, endpoint_label
+from service.store import Store
 from service.timestamps import iso_utc
 
 __all__ = [
@@ -90,6 +91,7 @@ class StravaClient:
         budget: Budget,
         tokens: TokenManager | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -105,12 +107,12 @@ class StravaClient:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             trust_env=False,
         )
-        self.tokens = tokens or TokenManager(settings, self.http, metrics, redactor, clock)
+        self.tokens = tokens or TokenManager(settings, self.http, metrics, redactor, clock, store)
         self._last_error: dict[str, Any] | None = None
         self._failing = False  # the last call failed (not counting "no such resource")
 
     async def start(self) -> None:
-        self.tokens.load()
+        await self.tokens.start()
 
     async def aclose(self) -> None:
         await self.tokens.aclose()

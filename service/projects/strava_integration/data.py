@@ -29,7 +29,7 @@ from service.projects.strava_integration.cache import Lookup, SharedTier, SWRCac
 from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
-    AuthRejected,
+    AccessUnconfirmed,
     NotConfigured,
     UpstreamBadResponse,
     UpstreamError,
@@ -38,12 +38,12 @@ from service.projects.strava_integration.errors import (
 )
 from service.projects.strava_integration.invalidation import Broadcast
 from service.projects.strava_integration.privacy import Route, TrimmedRoutes
+from service.projects.strava_integration.revocation import GrantGuard
 from service.store import Store, StoreError
 from service.timestamps import iso_utc
 
 log = structlog.get_logger("strava.data")
 
-DEAUTH_CHECK_COOLDOWN_S = 60  # a proven-alive grant is not re-checked for forged events this often
 MAX_HIDDEN = 10_000  # hides remembered between two list refreshes
 FEED_WINDOW = 200  # newest activities fetched in one call; the feed and details draw from these
 RENDERED_MAX = 256  # distinct feed queries kept rendered
@@ -147,21 +147,25 @@ class StravaData:
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)
         self._rendered: OrderedDict[tuple[FeedQuery, float, bool, int], Rendered] = OrderedDict()
-        self._deauth_check: tuple[float, bool] | None = None  # (when, grant still alive)
         self._events = 0  # activity events seen; numbers the hides below
         self._hidden: dict[int, int] = {}  # activity id -> the event that hid it
-        self._deauth_lock = asyncio.Lock()
+        # Whoever notices that the grant ended (a refused refresh, a confirmed deauthorization, a
+        # disconnect) goes through the token manager, which runs this one hook.
+        client.tokens.on_revoked = self.purge
+        self.grant = GrantGuard(client.tokens, self.purge)
 
     def _count_cache_result(self, resource: str, result: str) -> None:
         self._cache_counts[resource, result] += 1
 
     @property
     def configured(self) -> bool:
-        return self.settings.configured or self.settings.sandbox or self.client.tokens.status().get("auth_ok", False)
+        return self.settings.configured or self.settings.sandbox or self.client.tokens.connected
 
     def _require_configured(self) -> None:
         if not self.configured:
             raise NotConfigured()
+        if self.grant.withheld:  # a deauthorization Strava could not confirm yet: privacy first
+            raise AccessUnconfirmed(retry_after=self.grant.retry_after_s)
 
     # ---- loaders: one upstream attempt each, shaped and privacy-filtered before caching ----
 
@@ -432,50 +436,24 @@ class StravaData:
         task.add_done_callback(self._tasks.discard)
 
     async def deauthorize(self) -> bool:
-        """The athlete revoked access: every cached item goes at once; the tokens once Strava agrees.
+        """A deauthorization event: True if Strava confirmed it (the grant ended and everything was purged).
 
-        Strava does not sign webhook events and athlete ids are public, so anyone could post a
-        deauthorization. Nothing is served from the cache after one (privacy first), but the
-        tokens are deleted only when Strava rejects them; a forged event cannot cut the owner off.
-        A grant proven alive is trusted for a minute, so a flood of forged events costs one call.
+        Strava does not sign events, so each is checked with Strava first (see revocation.py):
+        a forged one changes nothing and costs no API call; a real one purges within 2 s.
         """
-        async with self._deauth_lock:
-            now = self.clock()
-            recent = self._deauth_check
-            if recent is not None and recent[1] and now - recent[0] < DEAUTH_CHECK_COOLDOWN_S:
-                log.warning("strava_deauthorization_ignored", reason="grant confirmed alive moments ago")
-                return False
-            self.forget_cached()
-            try:
-                await self.client.athlete()  # any authorized call: a revoked grant answers 401, then refresh fails
-            except AuthRejected:
-                alive = False
-            except UpstreamError as exc:
-                # Inconclusive (budget, outage): keep the tokens; the next call will tell.
-                log.warning("strava_deauthorization_unconfirmed", error=exc.code)
-                self._deauth_check = None
-                return False
-            else:
-                alive = True
-            self._deauth_check = (now, alive)
-            if alive:
-                log.warning("strava_deauthorization_ignored", reason="Strava still accepts the grant")
-                return False
-            await self.client.tokens.forget()
-            await self.purge()
-            log.warning("strava_deauthorized")
-            return True
+        return await self.grant.deauthorization() == "revoked"
 
-    async def purge(self) -> None:
-        """The owner's grant ended: nothing of theirs is served again, here or on any instance.
+    async def purge(self, everywhere: bool = True) -> None:
+        """Nothing cached of the owner's is served again, here or (`everywhere`) on any instance.
 
-        Local memory first, before any await, so no request here sees the data after this starts.
-        Then the shared entries go, and a purge version makes loads still on their way elsewhere
-        unservable. A store that does not answer gets the purge again as soon as it does.
+        The token manager's `on_revoked` too. Local memory first, before any await, so no request
+        here sees the data after this starts. Then the shared entries go, and a purge version makes
+        loads still on their way elsewhere unservable. A store that does not answer gets the purge
+        again as soon as it does. `everywhere=False`: another instance ended the grant and told all.
         """
         self.forget_cached()
         log.warning("strava_cache_purged")
-        if self.broadcast is not None:
+        if everywhere and self.broadcast is not None:
             self._purge_pending = True
             await self._share_purge()
 
@@ -517,6 +495,7 @@ class StravaData:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.grant.aclose()
         await self.cache.aclose()
 
 

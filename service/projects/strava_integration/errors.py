@@ -72,6 +72,36 @@ class AuthRejected(UpstreamError):
     default_message = f"Strava rejected the stored authorization; the owner must re-authorize at {AUTH_START_PATH}."
 
 
+class CredentialsRejected(UpstreamError):
+    """Strava refused the application's own credentials: a configuration error, not a revoked grant.
+
+    The owner's grant may be fine, so nothing is dropped: cached data is served stale meanwhile.
+    """
+
+    status = 503
+    code = "strava_credentials_rejected"
+    default_message = "Strava rejected the application's credentials: check STRAVA_CLIENT_ID/STRAVA_CLIENT_SECRET."
+
+
+class TokenRefreshPostponed(UpstreamUnavailable):
+    """No token refresh without the shared lock (that would fork the token chain): the data goes stale instead."""
+
+    status = 503
+    code = "strava_token_refresh_postponed"
+    default_message = "The Strava token cannot be refreshed right now; try again shortly."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, retry_after=5)
+
+
+class AccessUnconfirmed(UpstreamError):
+    """A deauthorization event could not be checked with Strava yet: the owner's data is withheld until it is."""
+
+    status = 503
+    code = "strava_access_unconfirmed"
+    default_message = "A deauthorization is being confirmed with Strava; the owner's data is withheld until then."
+
+
 class NotConfigured(UpstreamError):
     status = 503
     code = "strava_not_configured"

@@ -44,7 +44,7 @@ def build(ctx: ProjectContext[StravaSettings]) -> ProjectApp:
     metrics = StravaMetrics(ctx.metrics)
     store = ctx.store
     budget = Budget(settings.budget_reserve, metrics, ctx.clock, store)
-    client = StravaClient(settings, metrics, ctx.redactor, ctx.clock, budget)
+    client = StravaClient(settings, metrics, ctx.redactor, ctx.clock, budget, store=store)
     # The trim memo and the rendered maps (routes.py) each take an eighth of the cache's byte bound.
     trimmed = TrimmedRoutes(settings.privacy_trim_meters, max_chars=settings.cache_max_bytes // 8)
     data = StravaData(settings, client, ctx.metrics, ctx.clock, routes=trimmed, store=store)
@@ -102,12 +102,23 @@ async def health(strava: Strava) -> CheckResult:
             f"or authorize at {AUTH_START_PATH}",
             observed_value="unconfigured",
         )
+    if data.grant.withheld:
+        return CheckResult(
+            "warn",
+            output=f"{where}: a deauthorization could not be confirmed with Strava yet; "
+            "the owner's data is withheld until it is",
+            observed_value="deauthorization_unconfirmed",
+        )
     tokens = client.tokens.status()
     if not tokens["auth_ok"]:
+        if tokens["ended"] == "disconnected":
+            return CheckResult("warn", output=tokens["last_error"], observed_value="disconnected")
+        if tokens["credentials_rejected"]:  # a configuration error: re-authorizing would not help
+            return CheckResult("fail", output=tokens["last_error"], observed_value="credentials_rejected")
         return CheckResult(
             "fail",
             output=tokens.get("last_error") or f"no usable Strava token; re-authorize at {AUTH_START_PATH}",
-            observed_value="auth_failed",
+            observed_value="revoked" if tokens["ended"] == "revoked" else "auth_failed",
         )
     until = strava.budget.blocked_until()
     if until is not None:

@@ -260,6 +260,19 @@ async def auth_callback(strava: Strava, request: Request) -> Response:
     )
 
 
+@describe(
+    "Disconnect from Strava: revoke the grant (oauth/revoke), drop the tokens and every cached item",
+    admin=True,
+    responses={"200": "Disconnected (revoked_at_strava says whether Strava confirmed)", **ADMIN_RESPONSES},
+    tags=TAGS,
+)
+async def auth_disconnect(strava: Strava, request: Request) -> Response:
+    require_api_key(request, strava.settings.admin_api_key)
+    revoked = await strava.client.tokens.disconnect()  # its on_revoked hook purges the data, on every instance
+    log.warning("strava_disconnected", revoked_at_strava=revoked)
+    return JSONResponse({"status": "disconnected", "revoked_at_strava": revoked}, headers={"Cache-Control": "no-store"})
+
+
 def routes(strava: Strava) -> list[BaseRoute]:
     """Every route of the project, relative to /api/strava-integration."""
     return [
@@ -273,6 +286,7 @@ def routes(strava: Strava) -> list[BaseRoute]:
         Route("/webhook", bind(webhook_receive, strava), methods=["POST"]),
         Route("/auth/start", bind(auth_start, strava)),
         Route("/auth/callback", bind(auth_callback, strava), name=f"{NAME}:auth_callback"),
+        Route("/auth/disconnect", bind(auth_disconnect, strava), methods=["POST"]),
         *widget_routes(strava.settings),
     ]
 
