@@ -3,8 +3,8 @@
 Both run under uvicorn (one worker, httptools, the same event loop) pinned to one CPU; wrk runs
 pinned to the other. The service runs as in production (`python -m service --sandbox`): metrics
 on, JSON access log at info level (to a file in a temporary directory), request ids. Each round
-measures every variant twice in mirrored order (A-B-B-A), so drift on the machine hits both sides
-of a pair alike; ratios are the medians of the per-pair ratios, shown beside the server's CPU time
+measures every comparison A-B-B-A (the sides of a pair back to back, the second pair mirrored), so
+drift on the machine hits both sides of a pair alike; ratios are the medians of the per-pair ratios, shown beside the server's CPU time
 per request (from /proc/<pid>/stat). `--compare` picks what is compared: both baselines (bare
 Starlette with the same bytes and headers, plain Starlette with only the route's), the service with
 REDIS_URL against the embedded state, or gzip against identity.
@@ -489,8 +489,9 @@ def median(values: Sequence[float]) -> float:
 def pair_ratios(runs: list[dict[str, Any]], comparison: Comparison, key: str) -> list[float]:
     """candidate/baseline of `key` for each measured pair: both halves (A-B, then B-A) of every round."""
     ratios = []
-    for half in sorted({(r["run"], r["half"]) for r in runs}):
-        by_name = {r["server"]: r for r in runs if (r["run"], r["half"]) == half}
+    mine = [r for r in runs if r.get("pair") == comparison.candidate + "/" + comparison.baseline]
+    for half in sorted({(r["run"], r["half"]) for r in mine}):
+        by_name = {r["server"]: r for r in mine if (r["run"], r["half"]) == half}
         if comparison.candidate in by_name and comparison.baseline in by_name:
             ratios.append(by_name[comparison.candidate][key] / by_name[comparison.baseline][key])
     return ratios
@@ -547,13 +548,16 @@ def compare(loop: str, selected: Sequence[str], args: argparse.Namespace) -> dic
             run_wrk(variant.server.url(path), args.warmup, args, variant.headers)
         before = requests_by_status(service)
 
-        # A-B-B-A: each round measures every variant twice, in mirrored order, so a drift on the
-        # machine during a round hits both sides of every pair alike.
+        # A-B-B-A per comparison: the two sides of a pair are measured back to back, and the
+        # second pair in mirrored order, so a drift on the machine hits both sides alike.
         runs: list[dict[str, Any]] = []
         for i in range(1, args.runs + 1):
-            for half, sequence in enumerate((order, order[::-1])):
-                for variant in sequence:
-                    runs.append({**measure(variant, path, i, args), "half": half})
+            for c in comparisons:
+                a, b = variants[c.baseline], variants[c.candidate]
+                for half, sequence in enumerate(((a, b), (b, a))):
+                    for variant in sequence:
+                        pair = f"{c.candidate}/{c.baseline}"
+                        runs.append({**measure(variant, path, i, args), "half": half, "pair": pair})
 
         after = requests_by_status(service)
         counted = {code: after.get(code, 0.0) - before.get(code, 0.0) for code in after}

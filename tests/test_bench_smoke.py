@@ -55,13 +55,15 @@ def test_unknown_comparison_is_refused() -> None:
 
 def test_ratios_are_taken_per_pair_in_both_halves_of_a_round() -> None:
     """A-B-B-A: each half of a round gives one candidate/baseline pair; the median is over the pairs."""
+    pair = {"pair": "service/bare"}
     runs = [
-        {"run": 1, "half": 0, "server": "service", "rps": 90.0},
-        {"run": 1, "half": 0, "server": "bare", "rps": 100.0},
-        {"run": 1, "half": 1, "server": "bare", "rps": 50.0},  # the machine slowed down: both halves of
-        {"run": 1, "half": 1, "server": "service", "rps": 40.0},  # this pair alike, so the ratio still reads
-        {"run": 2, "half": 0, "server": "service", "rps": 85.0},
-        {"run": 2, "half": 0, "server": "bare", "rps": 100.0},
+        {"run": 1, "half": 0, "server": "bare", "rps": 100.0, **pair},
+        {"run": 1, "half": 0, "server": "service", "rps": 90.0, **pair},
+        {"run": 1, "half": 1, "server": "service", "rps": 40.0, **pair},  # the machine slowed down: both sides
+        {"run": 1, "half": 1, "server": "bare", "rps": 50.0, **pair},  # of this pair alike, the ratio still reads
+        {"run": 1, "half": 0, "server": "bare", "rps": 1.0, "pair": "gzip/service"},  # another comparison's block
+        {"run": 2, "half": 0, "server": "bare", "rps": 100.0, **pair},
+        {"run": 2, "half": 0, "server": "service", "rps": 85.0, **pair},
     ]
     ratios = pair_ratios(runs, Comparison("service", "bare", 0.8, None, "test"), "rps")
     assert ratios == [0.9, 0.8, 0.85]
