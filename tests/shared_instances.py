@@ -35,14 +35,14 @@ from tests.strava_harness import (
     running_simulator,
     service_env,
 )
-from tests.support import FakeClock, serve_in_thread
+from tests.support import SECRETS, FakeClock, serve_in_thread
 
 # Fixtures for the test modules (import the *_fixture names there): one server, clock and simulator per module.
 
 
 @pytest.fixture(scope="module", name="redis_server")
 def redis_server_fixture() -> Iterator[RedisServer]:
-    with RedisServer() as server:
+    with RedisServer(password=SECRETS["REDIS_PASSWORD"]) as server:
         yield server
 
 

@@ -35,6 +35,8 @@ SECRETS = {
     "STRAVA_ADMIN_API_KEY": "akey-ZZ9-leakcheck-admin-key",
     "STRAVA_WEBHOOK_VERIFY_TOKEN": "vtok-ZZ9-leakcheck-verify",
     "METRICS_BEARER_TOKEN": "mtok-ZZ9-leakcheck-metrics-token",
+    # Not a variable of its own: the password inside REDIS_URL, of every redis-server the tests share.
+    "REDIS_PASSWORD": "rpass-ZZ9-leakcheck-redis-password",
 }
 
 

@@ -31,7 +31,7 @@ BACK_WITHIN_S = 10.0
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     """A server of the test's own, to hang, stop and restart."""
-    with RedisServer() as running:
+    with RedisServer() as running:  # no password: see the note in docs/SCALING.md on restarts
         yield running
 
 

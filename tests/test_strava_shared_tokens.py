@@ -34,7 +34,7 @@ _prefixes = itertools.count()
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
+    with RedisServer(password=SECRETS["REDIS_PASSWORD"]) as server:
         yield server
 
 
@@ -69,7 +69,7 @@ def instances(
 
 
 def shared_set(server: RedisServer, prefix: str) -> dict[str, Any] | None:
-    client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2)
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
     try:
         raw = client.get(prefix + TOKENS_KEY)
     finally:
