@@ -1,17 +1,17 @@
-"""Observability overhead: the full service against a bare Starlette app, same bytes, same server.
+"""The service against bare Starlette baselines, and against itself with REDIS_URL or gzip.
 
 Both run under uvicorn (one worker, httptools, the same event loop) pinned to one CPU; wrk runs
 pinned to the other. The service runs as in production (`python -m service --sandbox`): metrics
 on, JSON access log at info level (to a file in a temporary directory), request ids. Each round
-measures every comparison A-B-B-A (the sides of a pair back to back, the second pair mirrored), so
-drift on the machine hits both sides of a pair alike; ratios are the medians of the per-pair ratios, shown beside the server's CPU time
-per request (from /proc/<pid>/stat). `--compare` picks what is compared: both baselines (bare
-Starlette with the same bytes and headers, plain Starlette with only the route's), the service with
-REDIS_URL against the embedded state, or gzip against identity.
-Exit status: 0 targets met, 1 a target missed, 3 a run was broken (socket
+measures every comparison A-B-B-A (the sides of a pair back to back, the second pair mirrored),
+so drift on the machine hits both sides of a pair alike; ratios are the medians of the per-pair
+ratios, shown beside the server's CPU time per request (from /proc/<pid>/stat). `--compare`
+picks what is compared: both baselines (bare Starlette with the same bytes and headers, plain
+Starlette with only the route's), the service with REDIS_URL against the embedded state, or gzip
+against identity. Exit status: 0 targets met, 1 a target missed, 3 a run was broken (socket
 errors, non-2xx responses, a server died or served different bytes).
 
-    python bench/run.py --loop both --nice -10      # the real run, about 5-6 minutes
+    python bench/run.py --loop asyncio --nice -10   # the real run, about 8 minutes
     python bench/run.py --runs 2 --duration 3       # a quick check
 """
 
