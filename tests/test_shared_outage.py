@@ -21,7 +21,7 @@ import redis
 from tests.redis_server import RedisServer
 from tests.shared_instances import Instance, clock_fixture, event, running_instances, sim_fixture  # noqa: F401
 from tests.strava_harness import ADMIN, IN_PROCESS_LOG, LIST_CALL, PREFIX, Sim, assert_error
-from tests.support import FakeClock, wait_until
+from tests.support import SECRETS, FakeClock, wait_until
 
 TTL = 60
 ENV = {"STRAVA_CACHE_TTL_SECONDS": str(TTL), "STRAVA_CACHE_STALE_SECONDS": "3600"}
@@ -31,7 +31,7 @@ BACK_WITHIN_S = 10.0
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     """A server of the test's own, to hang, stop and restart."""
-    with RedisServer() as running:  # no password: see the note in docs/SCALING.md on restarts
+    with RedisServer(password=SECRETS["REDIS_PASSWORD"]) as running:
         yield running
 
 

@@ -22,6 +22,7 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from service.store.errors import StoreError, StoreUnavailable
@@ -163,7 +164,13 @@ class RedisStore(Store):
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await call()
+                try:
+                    return await call()
+                except RedisConnectionError:
+                    # A pooled connection the server closed (it restarted, or dropped idle clients):
+                    # one more try, on a fresh connection, inside the same time limit. What redis-py's
+                    # own retry would do, once; an outage still fails within the timeout.
+                    return await call()
         except ResponseError as exc:
             # The server answered but refused (wrong type, read-only replica...): not an outage.
             self.metrics.errors[operation].inc()
