@@ -149,6 +149,7 @@ class StravaClient:
             raise ValueError("path must be relative to the API URL")
         label = endpoint_label(endpoint)
         try:
+            await self.budget.sync()  # what the other instances learnt of the limits (a shared store only)
             self.budget.check()
             attempt = _Attempt()
             deadline_s = self.settings.request_timeout_seconds

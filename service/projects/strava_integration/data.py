@@ -172,7 +172,6 @@ class StravaData:
     async def _load_activities(self) -> tuple[Any, int]:
         # A webhook event may arrive while this list is on its way: what it hid stays hidden.
         started_at_event = self._events
-        await self._sync_budget()
         raw = await self.client.activities(page=1, per_page=FEED_WINDOW)
         if not isinstance(raw, list):
             raise UpstreamBadResponse()
@@ -190,13 +189,7 @@ class StravaData:
         value = tuple(items)
         return value, len(orjson.dumps(items))
 
-    async def _sync_budget(self) -> None:
-        """Before an upstream call: what the other instances learnt of Strava's limits (shared store only)."""
-        if self.store is not None:
-            await self.client.budget.sync()
-
     async def _load_activity(self, activity_id: int) -> tuple[Any, int]:
-        await self._sync_budget()
         raw = await self.client.activity(activity_id)
         if not shape.is_public(raw):
             raise UpstreamNotFound("No such public activity.")
@@ -212,7 +205,6 @@ class StravaData:
         return lookup.value
 
     async def _load_athlete(self) -> tuple[Any, int]:
-        await self._sync_budget()
         athlete = await self.client.athlete()
         athlete_id = athlete.get("id") if isinstance(athlete, dict) else None
         if not isinstance(athlete_id, int):
@@ -229,7 +221,6 @@ class StravaData:
 
     async def _load_stats(self) -> tuple[Any, int]:
         athlete_id = await self._athlete_id()
-        await self._sync_budget()
         raw = await self.client.stats(athlete_id)
         value = shape.stats(raw if isinstance(raw, dict) else {})
         return value, len(orjson.dumps(value))
