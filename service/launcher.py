@@ -84,6 +84,10 @@ class DrainingServer(uvicorn.Server):
         # accept queue, is then reset, unanswered. So first stop new handshakes, let the loop accept
         # what is queued, close the listener, and give each connection a moment to serve the
         # request on its way (each response now closes its connection); then uvicorn's shutdown.
+        if self.drain_deadline is not None:
+            left = self.drain_deadline - time.monotonic()
+            # A second signal ends the drain early: say so, and by how much.
+            log.info("drain_ended", cut_short=left > 0, seconds_left=round(max(0.0, left), 1))
         if not self.force_exit:
             listeners = [sock for server in self.servers for sock in server.sockets]
             for sock in listeners:

@@ -5,6 +5,7 @@ Both listen on 127.0.0.1 only. Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -78,6 +79,16 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
             if predicate():
                 return True
         time.sleep(interval)
+    return False
+
+
+async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """`wait_until` for a coroutine: the loop keeps running (closing connections, say) meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
     return False
 
 

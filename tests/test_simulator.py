@@ -1,7 +1,7 @@
 """The Strava simulator, exercised over real HTTP: uvicorn on loopback in a thread, httpx as the client."""
 
 import base64
-import time
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from service.projects.strava_integration.simulator import (
     encode_polyline,
 )
 from tests.strava_harness import ADMIN, LIST_CALL, PREFIX, running_stack, wait_for_calls
-from tests.support import FakeClock, serve_in_thread
+from tests.support import FakeClock, serve_in_thread, wait_until
 
 T0 = datetime(2024, 6, 1, 10, 5, tzinfo=UTC).timestamp()
 CLIENT = {"client_id": "sim-client", "client_secret": "sim-secret"}
@@ -499,18 +499,34 @@ def test_timeout_fault_outlasts_the_client_timeout(
 ) -> None:
     with httpx.Client(base_url=served[0], timeout=5) as client:
         auth = _login(client, sim)
-        sim.set_fault("timeout", count=1, delay_s=1.0)
-        started = time.monotonic()
-        with pytest.raises(httpx.ReadTimeout):
+        sim.set_fault("timeout", count=1, delay_s=600.0)
+        with pytest.raises(httpx.ReadTimeout):  # held far past the client's patience
             client.get("/api/v3/athlete", headers=auth, timeout=0.2)
-        assert time.monotonic() - started < 0.9
+        assert wait_until(lambda: sim.held == 0, 5)  # the client hung up: the held request ended
         assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # count used up
-        sim.set_fault("timeout", count=1, delay_s=0.2)
-        started = time.monotonic()
-        late = client.get("/api/v3/athlete", headers=auth)
-        assert late.status_code == 200
-        assert time.monotonic() - started >= 0.2
-        assert sim.stats()["usage"]["usage_15min"] == 3
+        assert sim.stats()["usage"]["usage_15min"] == 2
+
+
+def test_a_held_request_is_answered_when_its_delay_runs_out_or_on_release(
+    served: tuple[str, Starlette, FakeClock], sim: SimulatorState
+) -> None:
+    with httpx.Client(base_url=served[0], timeout=5) as client:
+        auth = _login(client, sim)
+        sim.set_fault("timeout", count=1, delay_s=0.05)
+        assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # the short delay ran out
+
+        sim.set_fault("timeout", count=1, delay_s=600.0)
+        answers: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: answers.append(client.get("/api/v3/athlete", headers=auth, timeout=30).status_code)
+        )
+        waiting.start()
+        assert wait_until(lambda: sim.held == 1, 5)
+        assert answers == []  # held: no answer while the delay lasts
+        sim.release_held()
+        waiting.join(10)
+        assert answers == [200] and sim.held == 0
+        assert sim.stats()["usage"]["usage_15min"] == 2
 
 
 def test_malformed_json_fault(client: httpx.Client, sim: SimulatorState) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from service.projects.strava_integration.client import (
 )
 from service.projects.strava_integration.simulator import SimulatorState
 from tests.strava_upstream import SIM, T0, FakeClock, Harness, strava_settings
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 ClientFactory = Callable[..., Awaitable[tuple[StravaClient, Harness]]]
 
@@ -127,10 +126,8 @@ async def test_a_lasting_503_fails_within_the_deadline(make_client: ClientFactor
     client, harness = await make_client(request_timeout_seconds=3.0)
     await client.athlete()
     sim.set_fault("http_503")
-    started = time.monotonic()
-    with pytest.raises(UpstreamUnavailable) as caught:
+    with pytest.raises(UpstreamUnavailable) as caught:  # retries spent, not the deadline: not a timeout
         await client.athlete()
-    assert time.monotonic() - started < 3.0
     assert caught.value.status == 503  # Strava said 503: so do we
     assert requests(harness, "athlete", "503") == 1 + MAX_RETRIES
     assert calls(sim, "GET /api/v3/athlete") == 2 + MAX_RETRIES
@@ -143,10 +140,8 @@ async def test_backoff_never_sleeps_past_the_deadline(
     await client.athlete()
     monkeypatch.setattr(client_module.random, "uniform", lambda low, high: high)  # always the longest backoff
     sim.set_fault("http_502")
-    started = time.monotonic()
     with pytest.raises(UpstreamUnavailable) as caught:  # not UpstreamTimeout: we never started that sleep
         await client.athlete()
-    assert time.monotonic() - started < 0.15
     assert caught.value.status == 502
     assert requests(harness, "athlete", "502") == 1
 
@@ -154,11 +149,10 @@ async def test_backoff_never_sleeps_past_the_deadline(
 async def test_a_slow_strava_ends_in_a_timeout_at_the_deadline(make_client: ClientFactory, sim: SimulatorState) -> None:
     client, harness = await make_client(request_timeout_seconds=0.5)
     await client.athlete()
-    sim.set_fault("timeout", delay_s=5.0)
-    started = time.monotonic()
+    sim.set_fault("timeout", delay_s=600.0)  # Strava would answer only after the test's own time-out
     with pytest.raises(UpstreamTimeout) as caught:
         await client.athlete()
-    assert time.monotonic() - started < 0.5 + 0.5
+    assert await eventually(lambda: sim.held == 0, 5)  # we hung up: nobody waits for that answer
     assert caught.value.status == 504 and caught.value.code == "strava_timeout"
     assert requests(harness, "athlete", "timeout") == 1
     last = client.status()["last_upstream_error"]

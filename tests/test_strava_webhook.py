@@ -32,7 +32,6 @@ from tests.support import wait_until
 
 SUBSCRIPTION = 4242
 EVENTS = "siteapi_strava_webhook_events_total"
-DELAY_S = 1.5  # how late the simulator answers a refetch we must not wait for
 STRAVA_DEADLINE_S = 2.0  # Strava retries an event that is not answered 200 within two seconds
 
 
@@ -43,6 +42,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.subscription_id = SUBSCRIPTION
         assert running.feed().status_code == 200  # warm: the owner is known, the list is cached
         yield running
+
+
+def lists_answered(stack: Stack) -> float:
+    """Activity lists Strava has answered so far, as the service counts them."""
+    text = stack.metrics()
+    return metric_value(text, "siteapi_strava_upstream_requests_total", endpoint="activities", status="200")
 
 
 def feed_ids(stack: Stack) -> list[int]:
@@ -83,25 +88,24 @@ def test_subscription_validation(stack: Stack) -> None:
 def test_update_to_private_hides_the_activity_before_any_refetch_completes(stack: Stack) -> None:
     ids = feed_ids(stack)
     target = ids[1]
-    fetched = stack.feed().json()["updated_at"]
     lists = stack.sim.calls(LIST_CALL)
-    # Strava will take a while to answer the refetch the event starts: the feed must not wait for it.
-    stack.sim.fault("timeout", count=1, delay_s=DELAY_S, path_prefix="/api/v3/athlete/activities")
+    answered = lists_answered(stack)
+    # The simulator holds the refetch the event starts until released: the feed must not wait for it.
+    stack.sim.fault("timeout", count=1, delay_s=600, path_prefix="/api/v3/athlete/activities")
     stack.sim.upsert(id=target, private=True, visibility="only_me")
 
-    started = time.monotonic()
     event = stack.webhook(object_id=target, aspect_type="update", updates={"private": "true"})
     assert event.status_code == 200 and event.json() == {"status": "ok"}
     after = feed_ids(stack)
-    elapsed = time.monotonic() - started
     assert target not in after
     assert after == [i for i in ids if i != target]
     assert_error(stack.api(f"/activities/{target}"), 404, "strava_not_found")
-    assert elapsed < DELAY_S, "the refetch had not answered yet"
     wait_for_calls(stack.sim, LIST_CALL, lists + 1)  # the refetch was started ...
-    assert stack.sim.state.fault is None  # ... and it is the one held by the delay
+    assert stack.sim.state.fault is None
+    assert wait_until(lambda: stack.sim.state.held == 1, 5)  # ... and is held, unanswered, so the above came first
     # Once it lands, the fresh list agrees.
-    assert wait_until(lambda: stack.feed().json()["updated_at"] != fetched, DELAY_S + 3)
+    stack.sim.state.release_held()
+    assert wait_until(lambda: lists_answered(stack) == answered + 1, 5)
     assert target not in feed_ids(stack)
 
 
@@ -182,10 +186,11 @@ def test_invalid_events_are_counted(stack: Stack) -> None:
     assert after == before + 1
 
 
-def test_events_are_answered_well_within_two_seconds(stack: Stack) -> None:
+def test_events_are_answered_without_waiting_on_strava(stack: Stack) -> None:
     ids = feed_ids(stack)
-    # Strava is slow right now: the refetches the events start must not hold up the answers.
-    stack.sim.fault("timeout", delay_s=1.5, path_prefix="/api/v3")
+    # Strava does not answer at all right now (the simulator holds every API request): the
+    # refetches the events start must not hold up the answers Strava wants within 2 s.
+    stack.sim.fault("timeout", delay_s=600, path_prefix="/api/v3")
     latencies = []
     try:
         for n in range(20):
@@ -193,12 +198,20 @@ def test_events_are_answered_well_within_two_seconds(stack: Stack) -> None:
             response = stack.webhook(object_id=ids[n % 5], aspect_type="update", updates={"title": f"t{n}"})
             latencies.append(time.perf_counter() - started)
             assert response.status_code == 200
+        assert wait_until(lambda: stack.sim.state.held >= 1, 5)  # a refetch went out and is still unanswered
     finally:
         stack.sim.fault("none")
+        stack.sim.state.release_held()
     latencies.sort()
     worst, median = latencies[-1], latencies[len(latencies) // 2]
-    record("webhook latency", events=len(latencies), median_ms=round(median * 1000, 2), max_ms=round(worst * 1000, 2))
-    assert worst < STRAVA_DEADLINE_S
+    # Figures for the report, beside Strava's 2 s (not a check: the held refetch above is the proof).
+    record(
+        "webhook latency",
+        events=len(latencies),
+        median_ms=round(median * 1000, 2),
+        max_ms=round(worst * 1000, 2),
+        strava_deadline_s=STRAVA_DEADLINE_S,
+    )
 
 
 # ---- deauthorization: its own service, since it ends the grant ----

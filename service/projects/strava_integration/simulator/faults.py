@@ -20,6 +20,7 @@ FAULT_KINDS = frozenset({"http_500", "http_502", "http_503", "http_504", "timeou
 DEFAULT_DELAY_S = 30.0
 MAX_DELAY_S = 600.0
 MAX_COUNT = 1_000_000
+RELEASE_POLL_S = 0.01  # how soon a held request notices `release_held` (the test thread's call)
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,18 @@ class FaultMiddleware:
             return
         if body is None:
             return
+        loop = asyncio.get_running_loop()
+        hung_up = loop.create_task(_until_disconnect(receive))
+        deadline = loop.time() + delay_s
+        mark = self.state.hold()
         try:
-            await asyncio.wait_for(_until_disconnect(receive), timeout=delay_s)
-        except TimeoutError:
+            while not hung_up.done() and not self.state.released(mark) and loop.time() < deadline:
+                await asyncio.wait((hung_up,), timeout=min(deadline - loop.time(), RELEASE_POLL_S))
+            client_left = hung_up.done()
+        finally:
+            self.state.unhold()
+            hung_up.cancel()
+        if not client_left:
             await self.app(scope, _replaying(body, receive), send)
         # Otherwise the client hung up during the delay: nobody is left to answer.
 

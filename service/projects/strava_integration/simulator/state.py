@@ -34,6 +34,10 @@ class SimulatorState:
         self._lock = threading.RLock()
         # Seed relative to creation time and keep that anchor: reset() must reproduce the same data.
         self._anchor = clock()
+        # Requests a `timeout` fault is holding right now, and how often they were let go early;
+        # outside `_initialise`, so a reset never miscounts a request still held.
+        self._held = 0
+        self._releases = 0
         self._initialise()
 
     def _initialise(self) -> None:
@@ -141,6 +145,33 @@ class SimulatorState:
     @property
     def refresh_token(self) -> str | None:
         return self.tokens.refresh_token
+
+    # ---- held requests: a test can see that a delayed answer has not gone out yet, and end the wait ----
+
+    @property
+    def held(self) -> int:
+        """How many requests a `timeout` fault is holding now (their answers have not been sent)."""
+        with self._lock:
+            return self._held
+
+    def release_held(self) -> None:
+        """Answer every request held now at once, as if its delay had run out."""
+        with self._lock:
+            self._releases += 1
+
+    def hold(self) -> int:
+        """A request starts waiting out its delay; returns the release mark to compare with."""
+        with self._lock:
+            self._held += 1
+            return self._releases
+
+    def released(self, mark: int) -> bool:
+        with self._lock:
+            return self._releases != mark
+
+    def unhold(self) -> None:
+        with self._lock:
+            self._held -= 1
 
     # ---- request path ----
 
