@@ -494,39 +494,35 @@ def test_fault_with_path_prefix_hits_the_token_endpoint(client: httpx.Client, si
     assert _refresh(client, refresh_token).status_code == 200  # the faulted call did not rotate the token
 
 
-def test_timeout_fault_outlasts_the_client_timeout(
-    served: tuple[str, Starlette, FakeClock], sim: SimulatorState
-) -> None:
-    with httpx.Client(base_url=served[0], timeout=5) as client:
-        auth = _login(client, sim)
-        sim.set_fault("timeout", count=1, delay_s=600.0)
-        with pytest.raises(httpx.ReadTimeout):  # held far past the client's patience
-            client.get("/api/v3/athlete", headers=auth, timeout=0.2)
-        assert wait_until(lambda: sim.held == 0, 5)  # the client hung up: the held request ended
-        assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # count used up
-        assert sim.stats()["usage"]["usage_15min"] == 2
+def test_timeout_fault_outlasts_the_client_timeout(client: httpx.Client, sim: SimulatorState) -> None:
+    auth = _login(client, sim)
+    sim.set_fault("timeout", count=1, delay_s=600.0)
+    with pytest.raises(httpx.ReadTimeout):  # held far past the client's patience
+        client.get("/api/v3/athlete", headers=auth, timeout=0.2)
+    assert wait_until(lambda: sim.held == 0, 5)  # the client hung up: the held request ended
+    assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # count used up
+    assert sim.stats()["usage"]["usage_15min"] == 2
 
 
 def test_a_held_request_is_answered_when_its_delay_runs_out_or_on_release(
-    served: tuple[str, Starlette, FakeClock], sim: SimulatorState
+    client: httpx.Client, sim: SimulatorState
 ) -> None:
-    with httpx.Client(base_url=served[0], timeout=5) as client:
-        auth = _login(client, sim)
-        sim.set_fault("timeout", count=1, delay_s=0.05)
-        assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # the short delay ran out
+    auth = _login(client, sim)
+    sim.set_fault("timeout", count=1, delay_s=0.05)
+    assert client.get("/api/v3/athlete", headers=auth).status_code == 200  # the short delay ran out
 
-        sim.set_fault("timeout", count=1, delay_s=600.0)
-        answers: list[int] = []
-        waiting = threading.Thread(
-            target=lambda: answers.append(client.get("/api/v3/athlete", headers=auth, timeout=30).status_code)
-        )
-        waiting.start()
-        assert wait_until(lambda: sim.held == 1, 5)
-        assert answers == []  # held: no answer while the delay lasts
-        sim.release_held()
-        waiting.join(10)
-        assert answers == [200] and sim.held == 0
-        assert sim.stats()["usage"]["usage_15min"] == 2
+    sim.set_fault("timeout", count=1, delay_s=600.0)
+    answers: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(client.get("/api/v3/athlete", headers=auth, timeout=30).status_code)
+    )
+    waiting.start()
+    assert wait_until(lambda: sim.held == 1, 5)
+    assert answers == []  # held: no answer while the delay lasts
+    sim.release_held()
+    waiting.join(10)
+    assert answers == [200] and sim.held == 0
+    assert sim.stats()["usage"]["usage_15min"] == 2
 
 
 def test_malformed_json_fault(client: httpx.Client, sim: SimulatorState) -> None:
