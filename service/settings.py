@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -266,6 +267,10 @@ def pem_certificates(raw: str) -> str:
         or any(ord(c) < 32 and c not in "\r\n\t" for c in pem)
     ):
         raise Expected(expected)
+    try:  # the markers are not enough: what TLS will load must load now, not at the first connection
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError):
+        raise Expected(f"{expected}, holding a certificate TLS can load") from None
     return pem + "\n" if not pem.endswith("\n") else pem
 
 

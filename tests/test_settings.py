@@ -27,7 +27,19 @@ from tests.support import ROOT, free_port
 
 PARSERS = {p.name: p.parse_settings for p in REGISTRY}
 REDIS_PASSWORD = "Rpw-do-not-print-4f7c1a"  # distinctive, so a leak is unmistakable
-CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUVGVzdA==\n-----END CERTIFICATE-----\n"
+CA_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUF5jEKpwSRNPHN/pb+8nL9aIckbAwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPc2l0ZWFwaS10ZXN0LWNhMCAXDTI2MTIwMTIzMjAzOVoYDzIx
+MjYxMTA3MjMyMDM5WjAaMRgwFgYDVQQDDA9zaXRlYXBpLXRlc3QtY2EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAARsFC6QwaPiE7bpOCWoVxdqCTnWa59pU3uH14D+
+anspgHBUBnC2Dt5JGVY/ucfAqE6/rM8kgzbWsAD8E1OgDvhJo1MwUTAdBgNVHQ4E
+FgQU4BuDHqAzTwB76JinMUKC/+fiCO8wHwYDVR0jBBgwFoAU4BuDHqAzTwB76Jin
+MUKC/+fiCO8wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA2Q8s
+BqgD89ovy1dRZ+aKzn5PWDCDd+Mo7VI3/DOcgxUCIGvn8VY+qRc3pmXnDyQ0Ox2b
+64Chqps2f4C11UTuBczM
+-----END CERTIFICATE-----
+"""  # a throwaway self-signed CA (openssl req -x509), so TLS can load it
 
 
 def test_defaults() -> None:
@@ -71,6 +83,13 @@ def test_settings_are_immutable() -> None:
         ({"REDIS_URL": f"redis://:{REDIS_PASSWORD} x@cache.internal"}, "REDIS_URL"),
         ({"REDIS_URL": "cache.internal:6379"}, "REDIS_URL"),
         ({"REDIS_CA_CERT": "MIIBszCCAVmgAwIBAgIU-no-pem-markers", "REDIS_URL": "rediss://h"}, "REDIS_CA_CERT"),
+        (  # the markers, but nothing TLS can load between them
+            {
+                "REDIS_CA_CERT": CA_CERT.replace("MII", "AII"),
+                "REDIS_URL": "rediss://h",
+            },
+            "REDIS_CA_CERT",
+        ),
         ({"REDIS_CA_CERT": CA_CERT + "A" * 65536, "REDIS_URL": "rediss://h"}, "REDIS_CA_CERT"),
         ({"REDIS_CA_CERT": CA_CERT, "REDIS_URL": "redis://cache.internal"}, "REDIS_CA_CERT"),
         ({"REDIS_CA_CERT": CA_CERT}, "REDIS_CA_CERT"),
@@ -245,6 +264,10 @@ def test_missing_value_exits_2_without_printing_secrets() -> None:
             "REDIS_KEY_PREFIX",
         ),
         ({"REDIS_URL": f"redis://:{REDIS_PASSWORD}@cache.internal", "REDIS_CA_CERT": CA_CERT}, "REDIS_CA_CERT"),
+        (  # the PEM markers around a body TLS cannot load: refused here, not by the store at start-up
+            {"REDIS_URL": f"rediss://:{REDIS_PASSWORD}@cache.internal", "REDIS_CA_CERT": CA_CERT.replace("MII", "AII")},
+            "REDIS_CA_CERT",
+        ),
         (
             {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@cache.internal", "REDIS_TIMEOUT_SECONDS": "9"},
             "REDIS_TIMEOUT_SECONDS",
