@@ -478,6 +478,21 @@ async def test_started_while_down_it_comes_up_and_runs_the_hooks(own_redis: Redi
         assert await eventually(lambda: s.up and hook.runs == 1, 10)
 
 
+async def test_a_server_that_refuses_info_is_still_used(own_redis: RedisServer) -> None:
+    """An ACL user without INFO (as some managed services give): PING probes instead."""
+    admin = redis.Redis.from_url(own_redis.url)
+    try:
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-pw-1", "~*", "&*", "+@all", "-info")
+    finally:
+        admin.close()
+    s = redis_store(own_redis.url.replace("redis://", "redis://app:app-pw-1@"))
+    async with running(s):
+        assert await eventually(lambda: s.up, 10)
+        await s.set("k", b"v", 60)
+        assert await s.get("k") == b"v"
+        assert await s.ping() is True
+
+
 async def test_pub_sub_resumes_after_the_server_comes_back(own_redis: RedisServer) -> None:
     listener, sender = instances(own_redis.url)
     heard: list[bytes] = []

@@ -125,6 +125,7 @@ class RedisStore(Store):
         self._up = False
         self._hooks_pending = False
         self._run_id: str | None = None
+        self._info_refused = False  # the server refused INFO once: probe with PING from then on
         self._pinger: asyncio.Task[None] | None = None
         metrics.set_up(False)
 
@@ -249,9 +250,21 @@ class RedisStore(Store):
     async def ping(self) -> bool:
         """Probe the server once (also while down); runs the reconnect hooks when it is back."""
         try:
-            info = await self._call("ping", lambda: self._redis.info("server"), probe=True)
-        except StoreError:
+            if self._info_refused:
+                await self._call("ping", lambda: self._redis.ping(), probe=True)
+                info: dict[str, Any] = {}
+            else:
+                info = await self._call("ping", lambda: self._redis.info("server"), probe=True)
+        except StoreUnavailable:
             return False
+        except StoreError:
+            if self._info_refused:  # PING refused too (NOAUTH, say): not usable
+                return False
+            # The server answers but refuses INFO (an ACL user without @dangerous, a managed server
+            # that blocks it): PING says as well whether it is there; only its restarts go unseen.
+            self._info_refused = True
+            log.warning("store_info_refused", location=str(self._location), consequence="restarts are not detected")
+            return await self.ping()
         run_id = str(info.get("run_id", ""))
         restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
