@@ -123,6 +123,11 @@ def test_with_the_store_down_a_webhook_is_processed_anyway_and_an_oauth_state_is
     refused = a.stack.get(PREFIX + "/auth/callback", params={"state": state, "code": "c0de", "scope": "read"})
     assert_error(refused, 503, "store_unavailable")
     assert refused.headers["retry-after"].isdigit()
+    # The state was not used up by the refusal: once the store answers, the same callback goes on.
+    server.start()
+    assert wait_until(lambda: a.store.up, BACK_WITHIN_S)
+    retried = a.stack.get(PREFIX + "/auth/callback", params={"state": state, "code": "c0de", "scope": "read"})
+    assert retried.status_code != 503 and retried.json().get("error") != "invalid_state", retried.text
 
 
 def _log_from(offset: int) -> bytes:

@@ -3,8 +3,9 @@
 `/auth/start` (admin key) redirects to Strava's authorize page with a signed, expiring,
 single-use `state`; `/auth/callback` checks it, exchanges the code and stores the tokens.
 Single use holds across instances: `redeem` claims the state in the store
-(`strava-integration:oauth-state:<payload>`), and refuses with a 503 rather than accept a state
-it could not claim.
+(`strava-integration:oauth-state:<payload>`; the memory store in embedded mode), and refuses with
+a 503 rather than accept a state it could not claim. The state stays unclaimed then, so the same
+callback succeeds once the store answers again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from urllib.parse import urlencode
 
@@ -22,16 +22,14 @@ from service.store import Store, StoreError
 STATE_TTL_S = 600
 SCOPE = "read,activity:read"
 _MAX_STATE = 200
-_MAX_USED = 1024
 STORE_RETRY_AFTER_S = 5
 
 
 class StateSigner:
-    def __init__(self, secret: str, clock: Callable[[], float], store: Store | None = None) -> None:
+    def __init__(self, secret: str, clock: Callable[[], float], store: Store) -> None:
         self._key = hashlib.sha256(b"strava-oauth-state\x00" + secret.encode()).digest()
         self.clock = clock
         self.store = store
-        self._used: OrderedDict[str, float] = OrderedDict()
 
     def _sign(self, payload: str) -> str:
         return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()[:40]
@@ -46,8 +44,6 @@ class StateSigner:
         A 503 when the store cannot say whether another instance took it: better a retry than a replay.
         """
         payload = self._check(state)
-        if self.store is None:
-            return
         try:
             claimed = await self.store.set_if_absent(f"strava-integration:oauth-state:{payload}", b"1", STATE_TTL_S)
         except StoreError:
@@ -61,21 +57,14 @@ class StateSigner:
             raise ApiError(400, "invalid_state", "The OAuth state was already used; start again.", parameter="state")
 
     def _check(self, state: str | None) -> str:
-        """The state's payload, once it proved ours, unexpired and unused here; else a 400."""
+        """The state's payload, once it proved ours and unexpired; else a 400."""
         if not state or len(state) > _MAX_STATE or state.count(".") != 2:
             raise ApiError(400, "invalid_state", "The OAuth state is missing or malformed.", parameter="state")
         payload, _, signature = state.rpartition(".")
         if not hmac.compare_digest(signature, self._sign(payload)):
             raise ApiError(400, "invalid_state", "The OAuth state is not ours.", parameter="state")
-        expires = int(payload.split(".", 1)[0])
-        now = self.clock()
-        if expires < now:
+        if int(payload.split(".", 1)[0]) < self.clock():
             raise ApiError(400, "invalid_state", "The OAuth state has expired; start again.", parameter="state")
-        if payload in self._used:
-            raise ApiError(400, "invalid_state", "The OAuth state was already used; start again.", parameter="state")
-        self._used[payload] = expires
-        while len(self._used) > _MAX_USED or (self._used and next(iter(self._used.values())) < now):
-            self._used.popitem(last=False)
         return payload
 
 
