@@ -230,6 +230,28 @@ async def test_a_purge_makes_a_load_in_flight_elsewhere_unservable(pair: tuple[l
         await b.aclose()
 
 
+async def test_an_entry_of_unknown_version_is_not_served_after_a_purge(
+    pair: tuple[list[RedisStore], FakeClock],
+) -> None:
+    """Loaded while the version could not be read: it may predate any purge, so none lets it through."""
+    (store_a, store_b), clock = pair
+    strava = FakeStrava([[activity(1, "one")], [activity(1, "fresh")]], held=())
+    a, b = make_data(strava, store_a, clock), make_data(strava, store_b, clock)
+    try:
+        assert await names(a) == {1: "one"}
+        key = f"strava-integration:cache:{ACTIVITIES}"
+        record = orjson.loads(await store_a.get(key) or b"{}")
+        await store_a.set(key, orjson.dumps({**record, "v": None}), 600)
+        # A purge, as `purge` records it: the next version, then the hides record saying so.
+        purge_version = await store_a.incr("strava-integration:version")
+        await store_a.set("strava-integration:hidden", orjson.dumps({"purged": purge_version, "ids": {}}), 600)
+        assert await names(b) == {1: "fresh"}  # not the stored list: b asked Strava itself
+        assert strava.calls == 2
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def _true(value: bool) -> bool:
     return value
 

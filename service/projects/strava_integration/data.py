@@ -389,8 +389,10 @@ class StravaData:
             record = _hides(await self.store.get(HIDES_KEY))
         except StoreError:
             return value  # cannot tell: the instance that made a change also fixed the entries it knew
-        since = -1 if version is None else version  # unknown start: every hide applies
-        if version is not None and record["purged"] > version:
+        # Unknown start (the version could not be read when it was loaded): every hide and every
+        # purge applies, since it may have been loaded before any of them.
+        since = -1 if version is None else version
+        if record["purged"] > max(since, 0):
             return None
         hidden = {int(i) for i, (n, _) in record["ids"].items() if n > since}
         if not hidden:
