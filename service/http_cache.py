@@ -148,7 +148,7 @@ class _Fixed:
 class Variant:
     """One encoding of the body: its ETag, its 200 and its 304."""
 
-    __slots__ = ("coding", "etag", "not_modified", "ok", "size")
+    __slots__ = ("etag", "not_modified", "ok", "size")
 
     def __init__(
         self, coding: str, body: bytes, etag: str, control: str, content_type: str, extra: list[tuple[bytes, bytes]]
@@ -157,7 +157,6 @@ class Variant:
         head = [(b"content-length", str(len(body)).encode()), (b"content-type", content_type.encode())]
         if coding != IDENTITY:
             head.append((b"content-encoding", coding.encode()))
-        self.coding = coding
         self.etag = etag
         self.size = len(body)
         self.ok = _Fixed(200, [*head, *common], body)
@@ -182,8 +181,6 @@ class PreparedBody:
         "control",
         "etag",
         "identity",
-        "not_modified",
-        "ok",
     )
 
     def __init__(
@@ -200,8 +197,6 @@ class PreparedBody:
         self.content_type = content_type
         self._extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
         self.identity = Variant(IDENTITY, body, etag, control, content_type, self._extra)
-        self.ok = self.identity.ok
-        self.not_modified = self.identity.not_modified
         self._variants = {IDENTITY: self.identity}
         # The raw Accept-Encoding (None: no header) -> the variant to send; bounded like `_NEGOTIATED`.
         self._by_header: dict[bytes | None, Variant] = {}

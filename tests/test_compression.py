@@ -238,8 +238,8 @@ async def test_other_content_types_and_extra_headers() -> None:
 def test_the_public_api_stays() -> None:
     prepared = PreparedBody(BODY, ETAG, CONTROL)
     assert prepared.etag == ETAG
-    assert prepared.ok.status == 200 and prepared.ok.body == BODY
-    assert prepared.not_modified.status == 304 and prepared.not_modified.body == b""
+    assert prepared.identity.ok.status == 200 and prepared.identity.ok.body == BODY
+    assert prepared.identity.not_modified.status == 304 and prepared.identity.not_modified.body == b""
 
 
 # ---- end to end: the sandbox service over real HTTP ----
