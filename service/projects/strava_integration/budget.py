@@ -114,9 +114,7 @@ class Budget:
                 window_index={w: math.floor(now / _LENGTH[w]) for w in WINDOWS},
             )
             self._observed_at = now
-            for window, lim, used in zip(WINDOWS, limits, usage, strict=True):
-                self.metrics.ratelimit_limit.labels(window, kind).set(lim)
-                self.metrics.ratelimit_usage.labels(window, kind).set(used)
+            self._publish(kind)
         if status == 429:
             # Strava says stop. Wait for the day if a daily count is the spent one, else the quarter.
             window = "day" if self._spent_daily(now) else "15min"
@@ -160,10 +158,14 @@ class Budget:
         shared = _shared_readings(raw)
         if shared is not None and (self._observed_at is None or shared[0] > self._observed_at):
             self._observed_at, self._readings = shared
-            for kind, reading in self._readings.items():
-                for window in WINDOWS:
-                    self.metrics.ratelimit_limit.labels(window, kind).set(reading.limit[window])
-                    self.metrics.ratelimit_usage.labels(window, kind).set(reading.usage[window])
+            for kind in self._readings:
+                self._publish(kind)
+
+    def _publish(self, kind: str) -> None:
+        reading = self._readings[kind]
+        for window in WINDOWS:
+            self.metrics.ratelimit_limit.labels(window, kind).set(reading.limit[window])
+            self.metrics.ratelimit_usage.labels(window, kind).set(reading.usage[window])
 
     async def aclose(self) -> None:
         await asyncio.gather(*self._writes, return_exceptions=True)

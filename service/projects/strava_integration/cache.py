@@ -284,10 +284,8 @@ class SWRCache:
                 if answer is not None:
                     return answer
                 entry = await self._load_here(loader, await shared.version())
-                refined = await shared.refine(key, entry.value, entry.version)
-                if refined is None:
+                if await shared.refined(key, entry) is None:
                     raise shared.busy()  # purged while on its way: nothing of it may be kept
-                entry.value = refined
                 try:
                     await shared.write(key, entry, self.ttl + self.stale)
                 except StoreError:

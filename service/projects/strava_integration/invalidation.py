@@ -44,7 +44,6 @@ class Broadcast:
         self.interval_s = interval_s
         self.instance = secrets.token_hex(8)  # tells our own messages from the others'
         self.known: int | None = None  # every change up to here has reached this instance
-        self.gaps = 0  # times a missed message was caught by the version check
         self._unsubscribe: Callable[[], None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -110,7 +109,6 @@ class Broadcast:
         if self.known is None or current < self.known:
             self.known = current  # first look, or the store came back empty
         elif current > self.known:
-            self.gaps += 1
             log.info("invalidation_missed", known=self.known, current=current)
             self.known = current
             self.on_gap()

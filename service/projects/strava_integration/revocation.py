@@ -57,7 +57,6 @@ class GrantGuard:
         self.retry_first_s = retry_first_s
         self.retry_max_s = retry_max_s
         self.withheld = False  # a deauthorization could not be confirmed either way yet
-        self.checks = 0  # checks started, for status and tests
         self._next: asyncio.Future[Verdict] | None = None  # the verdict events arriving now will get
         self._current: asyncio.Future[Verdict] | None = None  # the verdict of the check in flight
         self._worker: asyncio.Task[None] | None = None
@@ -91,7 +90,6 @@ class GrantGuard:
             future, self._next = self._next, None
             self._current = future
             self._last_started = loop.time()
-            self.checks += 1
             verdict = await self._check()
             if verdict == "unconfirmed":
                 self._retry_s = min(self._retry_s * 2, self.retry_max_s) if self.withheld else self.retry_first_s
