@@ -155,6 +155,14 @@ def test_good_queries(query: bytes, expected: SvgParams) -> None:
     assert svg_params(query) == expected
 
 
+def test_a_query_padded_past_the_memo_bound_is_answered_but_not_kept() -> None:
+    # `&` separates nothing: the padded query means what the short one does, at any length.
+    padded = b"w=200&h=100" + b"&" * 16_000
+    assert svg_params(padded) == SvgParams(200, 100)
+    assert padded not in svg_params.entries
+    assert all(len(key) <= svg_params.max_key for key in svg_params.entries)
+
+
 def test_defaults() -> None:
     assert SvgParams(320, 180, "#fc4c02", 3.0) == DEFAULTS
 

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import ApiError, invalid_parameter
 from service.http_cache import PreparedBody, etag_for
+from service.memo import RawMemo
 from service.openapi import Param
 from service.projects.strava_integration.privacy import Point, Route
 
@@ -123,19 +124,8 @@ def parse_params(query_string: bytes) -> SvgParams:
     )
 
 
-_PARSED: dict[bytes, SvgParams] = {}
-_PARSED_MAX = 1024
-
-
-def svg_params(query_string: bytes) -> SvgParams:
-    """`parse_params`, memoized by the raw query: a site embeds the same few sizes all day."""
-    params = _PARSED.get(query_string)
-    if params is None:
-        params = parse_params(query_string)  # invalid ones raise, and are not kept
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[query_string] = params
-    return params
+# `parse_params`, memoized by the raw query: a site embeds the same few sizes all day.
+svg_params: RawMemo[SvgParams] = RawMemo(parse_params)
 
 
 def _n(value: float) -> str:
