@@ -100,3 +100,62 @@ async def test_an_activity_changed_during_a_refresh_comes_back_from_the_next_lis
     await settle(client, 3)
     assert await names(data) == {1: "one", 2: "two, renamed"}  # the list asked for after the event
     assert data._hidden == {}  # nothing left to hide once a list newer than the event arrived
+
+
+class DetailClient(FakeClient):
+    """Also answers detail and stats calls, from what the test sets, counting them."""
+
+    def __init__(self, lists: list[list[dict[str, Any]]]) -> None:
+        super().__init__(lists, held=0)
+        self.description = "first"
+        self.runs = 1
+        self.detail_calls = 0
+        self.stats_calls = 0
+
+    async def activity(self, activity_id: int) -> dict[str, Any]:
+        self.detail_calls += 1
+        return {**activity(activity_id, "one"), "description": self.description}
+
+    async def stats(self, athlete_id: int) -> dict[str, Any]:
+        self.stats_calls += 1
+        return {"all_run_totals": {"count": self.runs}}
+
+
+async def background_done(data: StravaData) -> None:
+    """Every background refresh ended (one may start another: wait for that too)."""
+    while data.cache._background:
+        await asyncio.gather(*data.cache._background)
+
+
+async def test_a_detail_and_the_stats_are_rendered_once_per_load() -> None:
+    client = DetailClient([[activity(1, "one")]])
+    data = make_data(client)
+    first, again = await data.activity(1), await data.activity(1)
+    assert first is again and first.etag == again.etag  # one body, one ETag, one prepared response
+    stats, stats_again = await data.stats(), await data.stats()
+    assert stats is stats_again
+    assert orjson.loads(first.body)["activity"]["description"] == "first"
+    assert orjson.loads(stats.body)["all_time"]["run"]["count"] == 1
+    assert (client.detail_calls, client.stats_calls) == (1, 1)
+
+    # A change: the activity is edited (a webhook event) and the stats refreshed. The clock has
+    # not moved, so the new loads share the old ones' timestamps: the new bodies must come anyway.
+    client.description, client.runs = "edited", 2
+    data.activity_changed(1)
+    await background_done(data)
+    data.refresh()
+    await background_done(data)
+    edited, new_stats = await data.activity(1), await data.stats()
+    assert orjson.loads(edited.body)["activity"]["description"] == "edited" and edited.etag != first.etag
+    assert orjson.loads(new_stats.body)["all_time"]["run"]["count"] == 2 and new_stats.etag != stats.etag
+    assert await data.activity(1) is edited and await data.stats() is new_stats
+
+
+async def test_a_purge_forgets_the_rendered_details() -> None:
+    client = DetailClient([[activity(1, "one")]])
+    data = make_data(client)
+    first = await data.activity(1)
+    data.forget_cached()
+    assert data._rendered_items == {}
+    again = await data.activity(1)
+    assert again is not first and again.body == first.body and client.detail_calls == 2

@@ -46,7 +46,7 @@ log = structlog.get_logger("strava.data")
 
 MAX_HIDDEN = 10_000  # hides remembered between two list refreshes
 FEED_WINDOW = 200  # newest activities fetched in one call; the feed and details draw from these
-RENDERED_MAX = 256  # distinct feed queries kept rendered
+RENDERED_MAX = 256  # distinct feed queries kept rendered; as many details (and stats) besides
 ACTIVITIES = "activities"
 STATS = "stats"
 ATHLETE = "athlete"
@@ -147,6 +147,9 @@ class StravaData:
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)
         self._rendered: OrderedDict[tuple[FeedQuery, float, bool, int], Rendered] = OrderedDict()
+        # Details and stats, by (cache key, fetched_at, stale, id(value)), each with the value it
+        # was rendered from: held here, that value's id cannot be reused while the entry lives.
+        self._rendered_items: OrderedDict[tuple[str, float, bool, int], tuple[Any, Rendered]] = OrderedDict()
         self._events = 0  # activity events seen; numbers the hides below
         self._hidden: dict[int, int] = {}  # activity id -> the event that hid it
         # Whoever notices that the grant ended (a refused refresh, a confirmed deauthorization, a
@@ -254,8 +257,9 @@ class StravaData:
         self._require_configured()
         if activity_id not in await self.public_ids():
             raise UpstreamNotFound("No such public activity.")
-        lookup = await self.cache.get(f"activity:{activity_id}", lambda: self._load_activity(activity_id), "activity")
-        return self._render({"activity": lookup.value}, lookup)
+        key = f"activity:{activity_id}"
+        lookup = await self.cache.get(key, lambda: self._load_activity(activity_id), "activity")
+        return self._render(key, lookup, "activity")
 
     async def route(self, activity_id: int) -> Route | None:
         """The served (trimmed) route of a public activity in the feed window; None if hidden, unknown or route-less.
@@ -279,14 +283,28 @@ class StravaData:
     async def stats(self) -> Rendered:
         self._require_configured()
         lookup = await self.cache.get(STATS, self._load_stats, "stats")
-        return self._render(dict(lookup.value), lookup)
+        return self._render(STATS, lookup)
 
-    @staticmethod
-    def _render(body: dict[str, Any], lookup: Lookup) -> Rendered:
+    def _render(self, key: str, lookup: Lookup, field: str | None = None) -> Rendered:
+        """The cached value as served (under `field`, or its own fields), rendered once per load.
+
+        Kept like the feed's bodies, so a request costs a lookup, and the route's prepared
+        response (its compressed variants) is built once too.
+        """
+        memo_key = (key, lookup.fetched_at, lookup.stale, id(lookup.value))
+        entry = self._rendered_items.get(memo_key)
+        if entry is not None:
+            self._rendered_items.move_to_end(memo_key)
+            return entry[1]
+        body = {field: lookup.value} if field is not None else dict(lookup.value)
         body["updated_at"] = iso_utc(lookup.fetched_at)
         body["stale"] = lookup.stale
         raw = orjson.dumps(body)
-        return Rendered(raw, etag_for(raw))
+        rendered = Rendered(raw, etag_for(raw))
+        self._rendered_items[memo_key] = (lookup.value, rendered)
+        while len(self._rendered_items) > RENDERED_MAX:
+            self._rendered_items.popitem(last=False)
+        return rendered
 
     # ---- changes: admin refresh, webhook events, deauthorization ----
 
@@ -318,6 +336,7 @@ class StravaData:
         if len(self._hidden) > MAX_HIDDEN:  # a flood of events: drop the oldest hides
             self._hidden = dict(list(self._hidden.items())[-MAX_HIDDEN:])
         self.cache.drop(f"activity:{activity_id}")
+        self._rendered_items.clear()  # it may hold the hidden detail: not served, but not kept either
         entry = self.cache.peek(ACTIVITIES)
         if entry is not None:
             kept = tuple(a for a in entry.value if a["id"] != activity_id)
@@ -471,6 +490,7 @@ class StravaData:
     def forget_cached(self) -> None:
         self.cache.clear()
         self._rendered.clear()
+        self._rendered_items.clear()
 
     async def start(self) -> None:
         """Listen for the other instances' changes (with a shared store; nothing otherwise)."""
