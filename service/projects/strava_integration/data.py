@@ -265,8 +265,8 @@ class StravaData:
         """The served (trimmed) route of a public activity in the feed window; None if hidden, unknown or route-less.
 
         Drawn from the cached list's items, so an SVG never shows more than the feed does, and a
-        hide or a purge (a new list object, or none) takes the route away at once. The `Route`
-        objects live as long as the list: the SVG render cache keys on their identity.
+        hide or a purge (a new list object, or none) takes the route away at once. Indexed by id
+        once per list, so a request costs a dict lookup.
         """
         self._require_configured()
         lookup = await self.cache.get(ACTIVITIES, self._load_activities, "feed")

@@ -190,9 +190,9 @@ def _length(piece: Sequence[Point]) -> float:
     return sum(math.hypot(b[0] - a[0], (b[1] - a[1]) * scale) for a, b in itertools.pairwise(piece))
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class Route:
-    """What the API serves of one route: encoded pieces and their bounds. Compared by identity.
+    """What the API serves of one route: encoded pieces and their bounds.
 
     It keeps only strings (points are decoded again on demand, for the rare SVG render), so a
     memo of many routes stays small.
@@ -232,9 +232,8 @@ def public_route(encoded: object, radius_m: float) -> Route | None:
 class TrimmedRoutes:
     """`public_route` at one radius, memoized by polyline, least recently used first out.
 
-    Each distinct polyline is trimmed once, not once per refresh or per request, and the same
-    `Route` object comes back while the polyline is unchanged: the SVG render cache keys on that
-    identity, so it stays warm across refreshes. Bounded in entries and in polyline characters.
+    Each distinct polyline is trimmed once, not once per refresh or per request. Bounded in
+    entries and in polyline characters.
     """
 
     def __init__(self, radius_m: float, *, max_entries: int = 2048, max_chars: int = 4_000_000) -> None:
@@ -271,13 +270,12 @@ class TrimmedRoutes:
             self._keep(encoded, route)
 
     def _keep(self, encoded: str, route: Route | None) -> Route | None:
-        """Memoize `route` unless another caller got there first; returns the memoized one."""
-        if encoded in self.entries:  # two warms of the same polyline: the first object stays
-            self.entries.move_to_end(encoded)
-            return self.entries[encoded]
+        """Memoize `route` (two warms of one polyline at once: equal results, one entry); returns it."""
         if len(encoded) <= self.max_chars and self.max_entries > 0:
+            if encoded not in self.entries:
+                self.chars += len(encoded)
             self.entries[encoded] = route
-            self.chars += len(encoded)
+            self.entries.move_to_end(encoded)
             while len(self.entries) > self.max_entries or self.chars > self.max_chars:
                 evicted, _ = self.entries.popitem(last=False)
                 self.chars -= len(evicted)
