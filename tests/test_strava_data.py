@@ -151,11 +151,13 @@ async def test_a_detail_and_the_stats_are_rendered_once_per_load() -> None:
     assert await data.activity(1) is edited and await data.stats() is new_stats
 
 
-async def test_a_purge_forgets_the_rendered_details() -> None:
+async def test_a_purge_forgets_the_rendered_details_and_the_route_index() -> None:
     client = DetailClient([[activity(1, "one")]])
     data = make_data(client)
     first = await data.activity(1)
+    await data.route(1)  # indexes the list's routes
+    assert data._route_index is not None
     data.forget_cached()
-    assert data._rendered_items == {}
+    assert data._rendered_items == {} and data._route_index is None  # nothing of the purged list stays referenced
     again = await data.activity(1)
     assert again is not first and again.body == first.body and client.detail_calls == 2

@@ -184,7 +184,7 @@ class StravaData:
                 self.client.tokens.learn_athlete(activity["athlete"].get("id"))
         hidden: dict[Any, int] = self._hidden  # looked up with whatever id Strava sent
         public = [a for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
-        await self.routes.warm(_summary_polyline(a) for a in public)
+        await self.routes.warm(shape.summary_polyline(a) for a in public)
         items = [shape.summary(a, self.routes) for a in public]
         items.sort(key=lambda a: a["start_date"] or "", reverse=True)
         # Hides older than this list's request are reflected in it; newer ones must outlive it.
@@ -196,7 +196,7 @@ class StravaData:
         raw = await self.client.activity(activity_id)
         if not shape.is_public(raw):
             raise UpstreamNotFound("No such public activity.")
-        await self.routes.warm([_summary_polyline(raw)])
+        await self.routes.warm([shape.summary_polyline(raw)])
         item = shape.detail(raw, self.routes)
         return item, len(orjson.dumps(item))
 
@@ -491,6 +491,7 @@ class StravaData:
         self.cache.clear()
         self._rendered.clear()
         self._rendered_items.clear()
+        self._route_index = None  # it holds the purged list's routes
 
     async def start(self) -> None:
         """Listen for the other instances' changes (with a shared store; nothing otherwise)."""
@@ -508,11 +509,6 @@ class StravaData:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.grant.aclose()
         await self.cache.aclose()
-
-
-def _summary_polyline(activity: dict[str, Any]) -> object:
-    raw_map = activity.get("map")
-    return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
 
 
 def _decode(value: Any) -> Any:

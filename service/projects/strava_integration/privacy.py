@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from service.projects.strava_integration.polyline import MAX_POLYLINE, PRECISION, decode_polyline, encode_polyline
+from service.projects.strava_integration.polyline import PRECISION, decode_polyline, encode_polyline
 
 Point = tuple[float, float]  # (lat, lng) in degrees
 EARTH_RADIUS_M = 6_371_008.8  # mean radius, as the haversine distance uses it
@@ -206,17 +206,17 @@ class Route:
     def pieces(self) -> list[list[Point]]:
         return [decode_polyline(p) for p in self.polylines]
 
-    def as_map(self, field: str = "summary_polyline") -> dict[str, object]:
-        return {field: self.polyline, "polylines": list(self.polylines), "bounds": dict(self.bounds)}
+    def as_map(self) -> dict[str, object]:
+        return {"summary_polyline": self.polyline, "polylines": list(self.polylines), "bounds": dict(self.bounds)}
 
 
 def public_route(encoded: object, radius_m: float) -> Route | None:
     """The trimmed route of an encoded polyline; None when it is missing, malformed or fully hidden."""
-    if not isinstance(encoded, str) or not encoded or len(encoded) > MAX_POLYLINE:
+    if not isinstance(encoded, str) or not encoded:
         return None
     try:
         points = decode_polyline(encoded)
-    except ValueError:
+    except ValueError:  # over-long ones too (MAX_POLYLINE)
         return None
     pieces = trim(points, radius_m)
     bounds = bounds_of(pieces)

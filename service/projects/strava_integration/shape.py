@@ -11,11 +11,17 @@ import re
 from typing import Any
 
 from service.projects.strava_integration.privacy import TrimmedRoutes
-from service.values import is_number
+from service.values import is_int, is_number
 
 
 def is_public(activity: Any) -> bool:
     return isinstance(activity, dict) and activity.get("private") is False and activity.get("visibility") == "everyone"
+
+
+def summary_polyline(activity: dict[str, Any]) -> object:
+    """Strava's `map.summary_polyline`, as sent (anything, or None when there is no map)."""
+    raw_map = activity.get("map")
+    return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
 
 
 def public_map(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any] | None:
@@ -24,8 +30,7 @@ def public_map(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any
     Only the summary polyline is handed out, in the feed and in the detail alike: Strava's full
     `map.polyline` (thousands of points) is never served, so it needs no trim of its own.
     """
-    raw_map = activity.get("map")
-    route = routes.get(raw_map.get("summary_polyline")) if isinstance(raw_map, dict) else None
+    route = routes.get(summary_polyline(activity))
     return route.as_map() if route is not None else None
 
 
@@ -50,7 +55,7 @@ _ATTRIBUTIONS: tuple[tuple[str, re.Pattern[str], str], ...] = (
 
 
 def _activity_id(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return value if is_int(value) and value >= 0 else None
 
 
 def _device_name(value: Any) -> str | None:
