@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import orjson
+import pytest
 
 from observability.metrics import Metrics
+from service.projects.strava_integration import privacy
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.data import FeedQuery, StravaData
+from service.projects.strava_integration.polyline import encode_polyline
+from service.projects.strava_integration.privacy import Route, TrimmedRoutes, public_route
 from tests.support import FakeClock
 
 
@@ -161,3 +166,24 @@ async def test_a_purge_forgets_the_rendered_details_and_the_route_index() -> Non
     assert data._rendered_items == {} and data._route_index is None  # nothing of the purged list stays referenced
     again = await data.activity(1)
     assert again is not first and again.body == first.body and client.detail_calls == 2
+
+
+async def test_the_list_is_shaped_from_what_warm_trimmed_with_a_small_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+
+    def spy(encoded: object, radius_m: float) -> Route | None:
+        threads.append(threading.get_ident())
+        return public_route(encoded, radius_m)
+
+    monkeypatch.setattr(privacy, "public_route", spy)
+    lists = [[activity(1, "one"), activity(2, "two")]]
+    for i, a in enumerate(lists[0]):  # two routes 3 km long, each well outside its own privacy circles
+        a["map"] = {"summary_polyline": encode_polyline([(51.5 + i, -0.1 + k * 0.001) for k in range(50)])}
+    client = FakeClient(lists, held=0)
+    settings = StravaSettings(client_id="1", client_secret="s" * 8, refresh_token="r" * 8)
+    routes = TrimmedRoutes(200, max_entries=1)
+    data = StravaData(settings, client, Metrics("test"), FakeClock(), routes=routes)  # type: ignore[arg-type]
+    body = orjson.loads((await data.feed(FeedQuery())).body)
+    assert [a["map"] is not None for a in body["activities"]] == [True, True]
+    assert len(routes.entries) == 1  # the memo kept one of the two
+    assert len(threads) == 2 and threading.get_ident() not in threads  # nothing was trimmed on the loop

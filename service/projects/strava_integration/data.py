@@ -184,8 +184,9 @@ class StravaData:
                 self.client.tokens.learn_athlete(activity["athlete"].get("id"))
         hidden: dict[Any, int] = self._hidden  # looked up with whatever id Strava sent
         public = [a for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
-        await self.routes.warm(shape.summary_polyline(a) for a in public)
-        items = [shape.summary(a, self.routes) for a in public]
+        # Shaped from what warm trimmed (off the loop), whatever the memo kept of it.
+        warmed = await self.routes.warm(shape.summary_polyline(a) for a in public)
+        items = [shape.summary(a, warmed) for a in public]
         items.sort(key=lambda a: a["start_date"] or "", reverse=True)
         # Hides older than this list's request are reflected in it; newer ones must outlive it.
         self._hidden = {i: n for i, n in hidden.items() if n > started_at_event}
@@ -196,8 +197,7 @@ class StravaData:
         raw = await self.client.activity(activity_id)
         if not shape.is_public(raw):
             raise UpstreamNotFound("No such public activity.")
-        await self.routes.warm([shape.summary_polyline(raw)])
-        item = shape.detail(raw, self.routes)
+        item = shape.detail(raw, await self.routes.warm([shape.summary_polyline(raw)]))
         return item, len(orjson.dumps(item))
 
     async def _athlete_id(self) -> int:

@@ -17,6 +17,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from service.projects.strava_integration.polyline import PRECISION, decode_polyline, encode_polyline
 
@@ -229,6 +230,12 @@ def public_route(encoded: object, radius_m: float) -> Route | None:
     return Route(encoded_pieces, encoded_pieces[longest], bounds)
 
 
+class RouteSource(Protocol):
+    """Where the public shapes get trimmed routes: `TrimmedRoutes`, or what one `warm` returned."""
+
+    def get(self, encoded: object, /) -> Route | None: ...
+
+
 class TrimmedRoutes:
     """`public_route` at one radius, memoized by polyline, least recently used first out.
 
@@ -255,19 +262,28 @@ class TrimmedRoutes:
             return route
         return self._keep(encoded, public_route(encoded, self.radius_m))
 
-    async def warm(self, polylines: Iterable[object]) -> None:
-        """Trim in a worker thread whatever is not memoized yet, so that `get` on the loop only looks up.
+    async def warm(self, polylines: Iterable[object]) -> Warmed:
+        """Trim in a worker thread whatever is not memoized yet; the routes of all of them, to shape with.
 
         A few hundred points cost milliseconds, a list of 200 routes or a long one a good part of a
-        second: too long to hold the event loop. The memo itself is only touched on the loop.
+        second: too long to hold the event loop. What is returned holds every route, so a memo
+        too small for them all cannot send the shaping back to trimming on the loop. The memo
+        itself is only touched on the loop.
         """
-        missing = [p for p in dict.fromkeys(polylines) if isinstance(p, str) and p not in self.entries]
-        if not missing:
-            return
-        radius = self.radius_m
-        trimmed = await asyncio.to_thread(lambda: [public_route(p, radius) for p in missing])
-        for encoded, route in zip(missing, trimmed, strict=True):
-            self._keep(encoded, route)
+        routes: dict[str, Route | None] = {}
+        missing: list[str] = []
+        for encoded in dict.fromkeys(p for p in polylines if isinstance(p, str)):
+            if encoded in self.entries:
+                self.entries.move_to_end(encoded)
+                routes[encoded] = self.entries[encoded]
+            else:
+                missing.append(encoded)
+        if missing:
+            radius = self.radius_m
+            trimmed = await asyncio.to_thread(lambda: [public_route(p, radius) for p in missing])
+            for encoded, route in zip(missing, trimmed, strict=True):
+                routes[encoded] = self._keep(encoded, route)
+        return Warmed(routes, self)
 
     def _keep(self, encoded: str, route: Route | None) -> Route | None:
         """Memoize `route` (two warms of one polyline at once: equal results, one entry); returns it."""
@@ -280,3 +296,18 @@ class TrimmedRoutes:
                 evicted, _ = self.entries.popitem(last=False)
                 self.chars -= len(evicted)
         return route
+
+
+class Warmed:
+    """The routes one `warm` trimmed or found, looked up first; the memo for any other polyline."""
+
+    __slots__ = ("memo", "routes")
+
+    def __init__(self, routes: dict[str, Route | None], memo: TrimmedRoutes) -> None:
+        self.routes = routes
+        self.memo = memo
+
+    def get(self, encoded: object) -> Route | None:
+        if isinstance(encoded, str) and encoded in self.routes:
+            return self.routes[encoded]
+        return self.memo.get(encoded)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from service.projects.strava_integration.privacy import TrimmedRoutes
+from service.projects.strava_integration.privacy import RouteSource
 from service.values import is_int, is_number
 
 
@@ -24,7 +24,7 @@ def summary_polyline(activity: dict[str, Any]) -> object:
     return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
 
 
-def public_map(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any] | None:
+def public_map(activity: dict[str, Any], routes: RouteSource) -> dict[str, Any] | None:
     """The route as served: the summary polyline privacy-trimmed (`routes`), its pieces and their bounds.
 
     Only the summary polyline is handed out, in the feed and in the detail alike: Strava's full
@@ -85,7 +85,7 @@ def links(activity: dict[str, Any], activity_id: int | None, public: dict[str, A
     }
 
 
-def summary(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any]:
+def summary(activity: dict[str, Any], routes: RouteSource) -> dict[str, Any]:
     activity_id = _activity_id(activity.get("id"))
     public = public_map(activity, routes)
     return {
@@ -119,7 +119,7 @@ def _primary_photo(activity: dict[str, Any]) -> str | None:
     return url if isinstance(url, str) and url.startswith("https://") else None
 
 
-def detail(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any]:
+def detail(activity: dict[str, Any], routes: RouteSource) -> dict[str, Any]:
     return {
         **summary(activity, routes),
         "description": _str(activity.get("description"), 5000),
