@@ -287,3 +287,24 @@ async def test_warm_runs_the_trim_in_a_worker_thread(monkeypatch: pytest.MonkeyP
     assert threads and threading.get_ident() not in threads
     await routes.warm([shape(LONDON, LOOP)])
     assert len(threads) == 1  # memoized: no second trim
+
+
+async def test_warm_returns_every_route_even_when_the_memo_keeps_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop, eight = shape(LONDON, LOOP), shape(LONDON, FIGURE_EIGHT)
+    expected = {p: public_route(p, 200) for p in (loop, eight)}
+    threads: list[int] = []
+
+    def spy(encoded: object, radius_m: float) -> Route | None:
+        threads.append(threading.get_ident())
+        return public_route(encoded, radius_m)
+
+    monkeypatch.setattr(privacy, "public_route", spy)
+    routes = TrimmedRoutes(200, max_entries=1)
+    # Whatever upstream sent goes in; what is not a string (even an unhashable one) has no route.
+    warmed = await routes.warm([loop, eight, None, [loop], {"x": 1}])
+    assert list(routes.entries) == [eight]  # the memo could keep only one...
+    for encoded, route in expected.items():
+        found = warmed.get(encoded)  # ...the result holds both
+        assert found is not None and route is not None and found.polylines == route.polylines
+    assert warmed.get(None) is None and warmed.get([loop]) is None
+    assert len(threads) == 2 and threading.get_ident() not in threads  # trimmed once each, off the loop

@@ -155,6 +155,14 @@ def test_good_queries(query: bytes, expected: SvgParams) -> None:
     assert svg_params(query) == expected
 
 
+def test_a_query_padded_past_the_memo_bound_is_answered_but_not_kept() -> None:
+    # `&` separates nothing: the padded query means what the short one does, at any length.
+    padded = b"w=200&h=100" + b"&" * 16_000
+    assert svg_params(padded) == SvgParams(200, 100)
+    assert padded not in svg_params.entries
+    assert all(len(key) <= svg_params.max_key for key in svg_params.entries)
+
+
 def test_defaults() -> None:
     assert SvgParams(320, 180, "#fc4c02", 3.0) == DEFAULTS
 
@@ -302,13 +310,14 @@ def _route(points: list[Point]) -> Route:
     return route
 
 
-def test_render_cache_is_bounded_and_keyed_on_the_route_object() -> None:
+def test_render_cache_is_bounded_and_keyed_on_the_route_content() -> None:
     cache = RenderCache(max_entries=2, max_bytes=1000)
     r1, r2 = _route(SQUARE), _route(SQUARE)
     p = prepared_svg(b"x" * 100, "c")
     cache.put(1, DEFAULTS, r1, p)
     assert cache.get(1, DEFAULTS, r1) is p
-    assert cache.get(1, DEFAULTS, r2) is None  # an equal route, but a new one: rendered afresh
+    assert r2 is not r1 and cache.get(1, DEFAULTS, r2) is p  # an equal route from a refresh: the same picture
+    assert cache.get(1, DEFAULTS, _route(SQUARE[:-1])) is None  # another route: rendered afresh
     assert cache.get(1, SvgParams(stroke_width=4), r1) is None
     cache.put(2, DEFAULTS, r1, prepared_svg(b"y" * 100, "c"))
     cache.get(1, DEFAULTS, r1)  # now 2 is the least recently used
@@ -403,15 +412,23 @@ async def test_etag_and_304(client: httpx.AsyncClient) -> None:
 async def test_rendered_once_per_route_and_parameters(
     client: httpx.AsyncClient, endpoint: RouteSvg, source: FakeSource
 ) -> None:
-    await client.get(URL.format(1))
+    first = await client.get(URL.format(1))
     [(key, (_, prepared))] = endpoint.cache.entries.items()
     await client.get(URL.format(1), params={"w": "", "stroke": "#FC4C02"})  # the defaults, spelled out
-    assert list(endpoint.cache.entries.items()) == [(key, (source.routes[1], prepared))]
+    assert list(endpoint.cache.entries.items()) == [(key, (source.routes[1].polylines, prepared))]  # type: ignore[union-attr]
     assert source.calls == 2  # the source is asked every time (it applies the privacy rule)
-    # A refresh hands out a new Route object: drawn afresh, even if it looks the same.
+    # A refresh hands out a new Route object; the same route is not drawn again...
+    same = public_route(encode_polyline(offsets(LONDON, [(0, 0), (3000, 0), (3000, 2000), (0, 0)])), 200)
+    assert same is not source.routes[1] and same == source.routes[1]
+    source.routes[1] = same
+    unchanged = await client.get(URL.format(1))
+    assert unchanged.headers["etag"] == first.headers["etag"]
+    assert list(endpoint.cache.entries.items()) == [(key, (same.polylines, prepared))]  # type: ignore[union-attr]
+    # ...a changed one is.
     source.routes[1] = public_route(encode_polyline(offsets(LONDON, [(0, 0), (5000, 0)])), 200)
     changed = await client.get(URL.format(1))
     assert changed.headers["etag"] != prepared.etag
+    assert changed.headers["etag"] != first.headers["etag"]  # in the same content coding too
     assert len(endpoint.cache.entries) == 1
 
 

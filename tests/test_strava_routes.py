@@ -101,6 +101,23 @@ def test_a_data_route_serves_the_rendered_body_for_the_parsed_query() -> None:
     assert asked == [FeedQuery(5, "Run", None, None)]
 
 
+def test_a_feed_query_padded_past_the_memo_bound_is_answered_but_not_kept() -> None:
+    asked: list[FeedQuery] = []
+
+    async def feed(query: FeedQuery) -> Rendered:
+        asked.append(query)
+        return Rendered(b'{"activities":[]}', '"e1"')
+
+    padded = b"limit=5&sport_type=Run" + b"&" * 16_000
+    route = routes.CachedJSONRoute(routes.feed, parts(feed=feed))
+    for _ in range(2):
+        sent = serve(route, padded)
+        assert sent[0]["status"] == 200 and sent[-1]["body"] == b'{"activities":[]}'
+    assert asked == [FeedQuery(5, "Run", None, None)] * 2
+    assert padded not in routes._feed_queries.entries
+    assert all(len(key) <= routes._feed_queries.max_key for key in routes._feed_queries.entries)
+
+
 def test_a_data_routes_upstream_failure_and_bad_query_are_rendered_by_the_one_error_path() -> None:
     async def timeout(query: FeedQuery) -> Rendered:
         raise UpstreamTimeout()

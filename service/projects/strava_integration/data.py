@@ -46,7 +46,7 @@ log = structlog.get_logger("strava.data")
 
 MAX_HIDDEN = 10_000  # hides remembered between two list refreshes
 FEED_WINDOW = 200  # newest activities fetched in one call; the feed and details draw from these
-RENDERED_MAX = 256  # distinct feed queries kept rendered
+RENDERED_MAX = 256  # distinct feed queries kept rendered; as many details (and stats) besides
 ACTIVITIES = "activities"
 STATS = "stats"
 ATHLETE = "athlete"
@@ -147,6 +147,9 @@ class StravaData:
         metrics.gauge("strava_cache_entries", "Entries in the Strava cache.").set_function(lambda: len(self.cache))
         metrics.gauge("strava_cache_bytes", "Bytes held by the Strava cache.").set_function(lambda: self.cache.bytes)
         self._rendered: OrderedDict[tuple[FeedQuery, float, bool, int], Rendered] = OrderedDict()
+        # Details and stats, by (cache key, fetched_at, stale, id(value)), each with the value it
+        # was rendered from: held here, that value's id cannot be reused while the entry lives.
+        self._rendered_items: OrderedDict[tuple[str, float, bool, int], tuple[Any, Rendered]] = OrderedDict()
         self._events = 0  # activity events seen; numbers the hides below
         self._hidden: dict[int, int] = {}  # activity id -> the event that hid it
         # Whoever notices that the grant ended (a refused refresh, a confirmed deauthorization, a
@@ -181,8 +184,9 @@ class StravaData:
                 self.client.tokens.learn_athlete(activity["athlete"].get("id"))
         hidden: dict[Any, int] = self._hidden  # looked up with whatever id Strava sent
         public = [a for a in raw if shape.is_public(a) and hidden.get(a.get("id"), 0) <= started_at_event]
-        await self.routes.warm(_summary_polyline(a) for a in public)
-        items = [shape.summary(a, self.routes) for a in public]
+        # Shaped from what warm trimmed (off the loop), whatever the memo kept of it.
+        warmed = await self.routes.warm(shape.summary_polyline(a) for a in public)
+        items = [shape.summary(a, warmed) for a in public]
         items.sort(key=lambda a: a["start_date"] or "", reverse=True)
         # Hides older than this list's request are reflected in it; newer ones must outlive it.
         self._hidden = {i: n for i, n in hidden.items() if n > started_at_event}
@@ -193,8 +197,7 @@ class StravaData:
         raw = await self.client.activity(activity_id)
         if not shape.is_public(raw):
             raise UpstreamNotFound("No such public activity.")
-        await self.routes.warm([_summary_polyline(raw)])
-        item = shape.detail(raw, self.routes)
+        item = shape.detail(raw, await self.routes.warm([shape.summary_polyline(raw)]))
         return item, len(orjson.dumps(item))
 
     async def _athlete_id(self) -> int:
@@ -254,15 +257,16 @@ class StravaData:
         self._require_configured()
         if activity_id not in await self.public_ids():
             raise UpstreamNotFound("No such public activity.")
-        lookup = await self.cache.get(f"activity:{activity_id}", lambda: self._load_activity(activity_id), "activity")
-        return self._render({"activity": lookup.value}, lookup)
+        key = f"activity:{activity_id}"
+        lookup = await self.cache.get(key, lambda: self._load_activity(activity_id), "activity")
+        return self._render(key, lookup, "activity")
 
     async def route(self, activity_id: int) -> Route | None:
         """The served (trimmed) route of a public activity in the feed window; None if hidden, unknown or route-less.
 
         Drawn from the cached list's items, so an SVG never shows more than the feed does, and a
-        hide or a purge (a new list object, or none) takes the route away at once. The `Route`
-        objects live as long as the list: the SVG render cache keys on their identity.
+        hide or a purge (a new list object, or none) takes the route away at once. Indexed by id
+        once per list, so a request costs a dict lookup.
         """
         self._require_configured()
         lookup = await self.cache.get(ACTIVITIES, self._load_activities, "feed")
@@ -279,14 +283,28 @@ class StravaData:
     async def stats(self) -> Rendered:
         self._require_configured()
         lookup = await self.cache.get(STATS, self._load_stats, "stats")
-        return self._render(dict(lookup.value), lookup)
+        return self._render(STATS, lookup)
 
-    @staticmethod
-    def _render(body: dict[str, Any], lookup: Lookup) -> Rendered:
+    def _render(self, key: str, lookup: Lookup, field: str | None = None) -> Rendered:
+        """The cached value as served (under `field`, or its own fields), rendered once per load.
+
+        Kept like the feed's bodies, so a request costs a lookup, and the route's prepared
+        response (its compressed variants) is built once too.
+        """
+        memo_key = (key, lookup.fetched_at, lookup.stale, id(lookup.value))
+        entry = self._rendered_items.get(memo_key)
+        if entry is not None:
+            self._rendered_items.move_to_end(memo_key)
+            return entry[1]
+        body = {field: lookup.value} if field is not None else dict(lookup.value)
         body["updated_at"] = iso_utc(lookup.fetched_at)
         body["stale"] = lookup.stale
         raw = orjson.dumps(body)
-        return Rendered(raw, etag_for(raw))
+        rendered = Rendered(raw, etag_for(raw))
+        self._rendered_items[memo_key] = (lookup.value, rendered)
+        while len(self._rendered_items) > RENDERED_MAX:
+            self._rendered_items.popitem(last=False)
+        return rendered
 
     # ---- changes: admin refresh, webhook events, deauthorization ----
 
@@ -318,6 +336,7 @@ class StravaData:
         if len(self._hidden) > MAX_HIDDEN:  # a flood of events: drop the oldest hides
             self._hidden = dict(list(self._hidden.items())[-MAX_HIDDEN:])
         self.cache.drop(f"activity:{activity_id}")
+        self._rendered_items.clear()  # it may hold the hidden detail: not served, but not kept either
         entry = self.cache.peek(ACTIVITIES)
         if entry is not None:
             kept = tuple(a for a in entry.value if a["id"] != activity_id)
@@ -473,6 +492,8 @@ class StravaData:
     def forget_cached(self) -> None:
         self.cache.clear()
         self._rendered.clear()
+        self._rendered_items.clear()
+        self._route_index = None  # it holds the purged list's routes
 
     async def start(self) -> None:
         """Listen for the other instances' changes (with a shared store; nothing otherwise)."""
@@ -490,11 +511,6 @@ class StravaData:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.grant.aclose()
         await self.cache.aclose()
-
-
-def _summary_polyline(activity: dict[str, Any]) -> object:
-    raw_map = activity.get("map")
-    return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
 
 
 def _decode(value: Any) -> Any:

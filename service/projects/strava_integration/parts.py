@@ -14,7 +14,6 @@ from service.projects.strava_integration.client import StravaClient
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.data import StravaData
 from service.projects.strava_integration.oauth import StateSigner
-from service.projects.strava_integration.upstream_metrics import StravaMetrics
 from service.projects.strava_integration.webhook import Webhook
 
 if TYPE_CHECKING:  # the simulator is imported only when the sandbox is asked for
@@ -29,6 +28,5 @@ class Strava:
     budget: Budget
     webhook: Webhook
     signer: StateSigner  # OAuth `state` values for the connect flow
-    metrics: StravaMetrics
     control: str  # the data routes' Cache-Control
     sandbox: Sandbox | None = None

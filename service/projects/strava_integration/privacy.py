@@ -17,8 +17,9 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from service.projects.strava_integration.polyline import MAX_POLYLINE, PRECISION, decode_polyline, encode_polyline
+from service.projects.strava_integration.polyline import PRECISION, decode_polyline, encode_polyline
 
 Point = tuple[float, float]  # (lat, lng) in degrees
 EARTH_RADIUS_M = 6_371_008.8  # mean radius, as the haversine distance uses it
@@ -190,9 +191,9 @@ def _length(piece: Sequence[Point]) -> float:
     return sum(math.hypot(b[0] - a[0], (b[1] - a[1]) * scale) for a, b in itertools.pairwise(piece))
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class Route:
-    """What the API serves of one route: encoded pieces and their bounds. Compared by identity.
+    """What the API serves of one route: encoded pieces and their bounds.
 
     It keeps only strings (points are decoded again on demand, for the rare SVG render), so a
     memo of many routes stays small.
@@ -206,17 +207,17 @@ class Route:
     def pieces(self) -> list[list[Point]]:
         return [decode_polyline(p) for p in self.polylines]
 
-    def as_map(self, field: str = "summary_polyline") -> dict[str, object]:
-        return {field: self.polyline, "polylines": list(self.polylines), "bounds": dict(self.bounds)}
+    def as_map(self) -> dict[str, object]:
+        return {"summary_polyline": self.polyline, "polylines": list(self.polylines), "bounds": dict(self.bounds)}
 
 
 def public_route(encoded: object, radius_m: float) -> Route | None:
     """The trimmed route of an encoded polyline; None when it is missing, malformed or fully hidden."""
-    if not isinstance(encoded, str) or not encoded or len(encoded) > MAX_POLYLINE:
+    if not isinstance(encoded, str) or not encoded:
         return None
     try:
         points = decode_polyline(encoded)
-    except ValueError:
+    except ValueError:  # over-long ones too (MAX_POLYLINE)
         return None
     pieces = trim(points, radius_m)
     bounds = bounds_of(pieces)
@@ -229,12 +230,17 @@ def public_route(encoded: object, radius_m: float) -> Route | None:
     return Route(encoded_pieces, encoded_pieces[longest], bounds)
 
 
+class RouteSource(Protocol):
+    """Where the public shapes get trimmed routes: `TrimmedRoutes`, or what one `warm` returned."""
+
+    def get(self, encoded: object, /) -> Route | None: ...
+
+
 class TrimmedRoutes:
     """`public_route` at one radius, memoized by polyline, least recently used first out.
 
-    Each distinct polyline is trimmed once, not once per refresh or per request, and the same
-    `Route` object comes back while the polyline is unchanged: the SVG render cache keys on that
-    identity, so it stays warm across refreshes. Bounded in entries and in polyline characters.
+    Each distinct polyline is trimmed once, not once per refresh or per request. Bounded in
+    entries and in polyline characters.
     """
 
     def __init__(self, radius_m: float, *, max_entries: int = 2048, max_chars: int = 4_000_000) -> None:
@@ -256,29 +262,52 @@ class TrimmedRoutes:
             return route
         return self._keep(encoded, public_route(encoded, self.radius_m))
 
-    async def warm(self, polylines: Iterable[object]) -> None:
-        """Trim in a worker thread whatever is not memoized yet, so that `get` on the loop only looks up.
+    async def warm(self, polylines: Iterable[object]) -> Warmed:
+        """Trim in a worker thread whatever is not memoized yet; the routes of all of them, to shape with.
 
         A few hundred points cost milliseconds, a list of 200 routes or a long one a good part of a
-        second: too long to hold the event loop. The memo itself is only touched on the loop.
+        second: too long to hold the event loop. What is returned holds every route, so a memo
+        too small for them all cannot send the shaping back to trimming on the loop. The memo
+        itself is only touched on the loop.
         """
-        missing = [p for p in dict.fromkeys(polylines) if isinstance(p, str) and p not in self.entries]
-        if not missing:
-            return
-        radius = self.radius_m
-        trimmed = await asyncio.to_thread(lambda: [public_route(p, radius) for p in missing])
-        for encoded, route in zip(missing, trimmed, strict=True):
-            self._keep(encoded, route)
+        routes: dict[str, Route | None] = {}
+        missing: list[str] = []
+        for encoded in dict.fromkeys(p for p in polylines if isinstance(p, str)):
+            if encoded in self.entries:
+                self.entries.move_to_end(encoded)
+                routes[encoded] = self.entries[encoded]
+            else:
+                missing.append(encoded)
+        if missing:
+            radius = self.radius_m
+            trimmed = await asyncio.to_thread(lambda: [public_route(p, radius) for p in missing])
+            for encoded, route in zip(missing, trimmed, strict=True):
+                routes[encoded] = self._keep(encoded, route)
+        return Warmed(routes, self)
 
     def _keep(self, encoded: str, route: Route | None) -> Route | None:
-        """Memoize `route` unless another caller got there first; returns the memoized one."""
-        if encoded in self.entries:  # two warms of the same polyline: the first object stays
-            self.entries.move_to_end(encoded)
-            return self.entries[encoded]
+        """Memoize `route` (two warms of one polyline at once: equal results, one entry); returns it."""
         if len(encoded) <= self.max_chars and self.max_entries > 0:
+            if encoded not in self.entries:
+                self.chars += len(encoded)
             self.entries[encoded] = route
-            self.chars += len(encoded)
+            self.entries.move_to_end(encoded)
             while len(self.entries) > self.max_entries or self.chars > self.max_chars:
                 evicted, _ = self.entries.popitem(last=False)
                 self.chars -= len(evicted)
         return route
+
+
+class Warmed:
+    """The routes one `warm` trimmed or found, looked up first; the memo for any other polyline."""
+
+    __slots__ = ("memo", "routes")
+
+    def __init__(self, routes: dict[str, Route | None], memo: TrimmedRoutes) -> None:
+        self.routes = routes
+        self.memo = memo
+
+    def get(self, encoded: object) -> Route | None:
+        if isinstance(encoded, str) and encoded in self.routes:
+            return self.routes[encoded]
+        return self.memo.get(encoded)

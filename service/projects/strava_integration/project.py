@@ -65,7 +65,6 @@ def build(ctx: ProjectContext[StravaSettings]) -> ProjectApp:
         budget=budget,
         webhook=webhook,
         signer=oauth.StateSigner(secret, ctx.clock, store),
-        metrics=metrics,
         control=cache_control(settings.cache_ttl_seconds, settings.cache_stale_seconds),
         sandbox=sandbox,
     )

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import ApiError, invalid_parameter
 from service.http_cache import PreparedBody, etag_for
+from service.memo import RawMemo
 from service.openapi import Param
 from service.projects.strava_integration.privacy import Point, Route
 
@@ -123,19 +124,8 @@ def parse_params(query_string: bytes) -> SvgParams:
     )
 
 
-_PARSED: dict[bytes, SvgParams] = {}
-_PARSED_MAX = 1024
-
-
-def svg_params(query_string: bytes) -> SvgParams:
-    """`parse_params`, memoized by the raw query: a site embeds the same few sizes all day."""
-    params = _PARSED.get(query_string)
-    if params is None:
-        params = parse_params(query_string)  # invalid ones raise, and are not kept
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[query_string] = params
-    return params
+# `parse_params`, memoized by the raw query: a site embeds the same few sizes all day.
+svg_params: RawMemo[SvgParams] = RawMemo(parse_params)
 
 
 def _n(value: float) -> str:
@@ -199,20 +189,21 @@ def prepared_svg(body: bytes, control: str) -> PreparedBody:
 class RenderCache:
     """Least recently used renders, bounded in entries and bytes.
 
-    Keyed by (activity id, parameters); an entry counts only for the very `Route` object it was
-    drawn from, so a refresh (a new object) renders afresh without any explicit invalidation.
+    Keyed by (activity id, parameters); an entry counts only while the route's polylines (all
+    the drawing is made of) are the ones it was drawn from. A refresh that changes the route
+    renders afresh without any explicit invalidation; one that leaves it alone keeps the picture.
     """
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.entries: OrderedDict[tuple[int, SvgParams], tuple[Route, PreparedBody]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, SvgParams], tuple[tuple[str, ...], PreparedBody]] = OrderedDict()
 
     def get(self, activity_id: int, params: SvgParams, route: Route) -> PreparedBody | None:
         key = (activity_id, params)
         entry = self.entries.get(key)
-        if entry is None or entry[0] is not route:
+        if entry is None or entry[0] != route.polylines:  # equal strings: the same picture
             return None
         self.entries.move_to_end(key)
         return entry[1]
@@ -224,7 +215,7 @@ class RenderCache:
             self.bytes -= len(old[1].body)
         if len(prepared.body) > self.max_bytes or self.max_entries <= 0:
             return
-        self.entries[key] = (route, prepared)
+        self.entries[key] = (route.polylines, prepared)
         self.bytes += len(prepared.body)
         while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
             _, (_, evicted) = self.entries.popitem(last=False)
@@ -238,8 +229,7 @@ class RouteSvg:
     """GET /activities/{activity_id:int}/route.svg as a plain ASGI app.
 
     `load(activity_id)` returns the activity's public, trimmed `Route`, or None for hidden,
-    unknown and route-less activities (all answered 404, indistinguishably). It should return
-    the same object until the activity changes: that identity is what the render cache keys on.
+    unknown and route-less activities (all answered 404, indistinguishably).
     """
 
     def __init__(self, load: Loader, control: str, *, max_entries: int = 256, max_bytes: int = 4 * 1024 * 1024):

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import ApiError, invalid_parameter
 from service.http_cache import PreparedBody
+from service.memo import RawMemo
 from service.openapi import Param, describe
 from service.projects.strava_integration import oauth
 from service.projects.strava_integration.data import FeedQuery, Rendered
@@ -37,20 +38,9 @@ log = structlog.get_logger("strava")
 # ---- query parsing ----
 
 
-_QUERIES: dict[bytes, FeedQuery] = {}
-_QUERIES_MAX = 1024
-
-
 def feed_query(scope: Scope) -> FeedQuery:
     """The parsed query, memoized by its raw bytes: a site asks the same few queries all day."""
-    raw = scope["query_string"]
-    query = _QUERIES.get(raw)
-    if query is None:
-        query = _parse_feed_query(QueryParams(raw))  # invalid ones raise, and are not kept
-        if len(_QUERIES) >= _QUERIES_MAX:
-            _QUERIES.clear()
-        _QUERIES[raw] = query
-    return query
+    return _feed_queries(scope["query_string"])
 
 
 def _parse_feed_query(params: QueryParams) -> FeedQuery:
@@ -63,6 +53,9 @@ def _parse_feed_query(params: QueryParams) -> FeedQuery:
     if after is not None and before is not None and after >= before:
         raise invalid_parameter("before", "a time later than after")
     return FeedQuery(limit or 30, sport, after, before)
+
+
+_feed_queries: RawMemo[FeedQuery] = RawMemo(lambda raw: _parse_feed_query(QueryParams(raw)))
 
 
 # ---- the data routes ----

@@ -10,22 +10,27 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from service.projects.strava_integration.privacy import TrimmedRoutes
-from service.values import is_number
+from service.projects.strava_integration.privacy import RouteSource
+from service.values import is_int, is_number
 
 
 def is_public(activity: Any) -> bool:
     return isinstance(activity, dict) and activity.get("private") is False and activity.get("visibility") == "everyone"
 
 
-def public_map(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any] | None:
+def summary_polyline(activity: dict[str, Any]) -> object:
+    """Strava's `map.summary_polyline`, as sent (anything, or None when there is no map)."""
+    raw_map = activity.get("map")
+    return raw_map.get("summary_polyline") if isinstance(raw_map, dict) else None
+
+
+def public_map(activity: dict[str, Any], routes: RouteSource) -> dict[str, Any] | None:
     """The route as served: the summary polyline privacy-trimmed (`routes`), its pieces and their bounds.
 
     Only the summary polyline is handed out, in the feed and in the detail alike: Strava's full
     `map.polyline` (thousands of points) is never served, so it needs no trim of its own.
     """
-    raw_map = activity.get("map")
-    route = routes.get(raw_map.get("summary_polyline")) if isinstance(raw_map, dict) else None
+    route = routes.get(summary_polyline(activity))
     return route.as_map() if route is not None else None
 
 
@@ -50,7 +55,7 @@ _ATTRIBUTIONS: tuple[tuple[str, re.Pattern[str], str], ...] = (
 
 
 def _activity_id(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return value if is_int(value) and value >= 0 else None
 
 
 def _device_name(value: Any) -> str | None:
@@ -80,7 +85,7 @@ def links(activity: dict[str, Any], activity_id: int | None, public: dict[str, A
     }
 
 
-def summary(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any]:
+def summary(activity: dict[str, Any], routes: RouteSource) -> dict[str, Any]:
     activity_id = _activity_id(activity.get("id"))
     public = public_map(activity, routes)
     return {
@@ -114,7 +119,7 @@ def _primary_photo(activity: dict[str, Any]) -> str | None:
     return url if isinstance(url, str) and url.startswith("https://") else None
 
 
-def detail(activity: dict[str, Any], routes: TrimmedRoutes) -> dict[str, Any]:
+def detail(activity: dict[str, Any], routes: RouteSource) -> dict[str, Any]:
     return {
         **summary(activity, routes),
         "description": _str(activity.get("description"), 5000),
