@@ -471,7 +471,8 @@ class TokenManager:
             try:
                 payload = await self._post_token({"grant_type": "refresh_token", "refresh_token": fallback}, "refresh")
             except AuthRejected:
-                return await self._refused(generation, replaces, fallback)
+                # Both are refused: neither may come back from the store as "a set we had not seen".
+                return await self._refused(generation, replaces, token, fallback)
             token, source = fallback, "environment"
         if not await self._accept(payload, source, generation, replaces, token):
             # exchange_code() or forget() ran meanwhile; their outcome is the newer truth.
@@ -483,8 +484,8 @@ class TokenManager:
         assert self._access_token is not None
         return self._access_token
 
-    async def _refused(self, generation: int, replaces: bytes | None, presented: str) -> str:
-        """Strava refused the refresh token: the grant is over, unless a newer one arrived meanwhile."""
+    async def _refused(self, generation: int, replaces: bytes | None, *presented: str) -> str:
+        """Strava refused every token `presented`: the grant is over, unless a newer one arrived meanwhile."""
         if generation != self._generation:
             # exchange_code() ran during the request: its grant is the truth, and it is not refused.
             if self._access_token is not None and self._fresh(0):
@@ -495,7 +496,7 @@ class TokenManager:
             current = await self.shared.read()
         except StoreError:
             current = Shared(replaces)
-        if current.record is not None and current.refresh_token not in (presented, *self._rotated_away):
+        if current.record is not None and current.refresh_token not in (*presented, *self._rotated_away):
             # A set we had not seen (a new grant written meanwhile): that one, not ours, is the truth.
             await self._adopt(current)
             if self._access_token is not None and self._fresh(0):
