@@ -8,10 +8,11 @@ never cancels a refresh halfway between Strava's answer and the write.
 
 How a grant ends, in one place (`end_grant`): Strava refuses the refresh token (the owner revoked
 the app, whether or not a webhook event told us), a deauthorization event is confirmed by such a
-refusal, or an admin disconnects. The tokens leave memory at once, the data layer's `on_revoked`
-hook purges every cached item of the owner's, then the file goes. A refusal of the application's
-own credentials (`client_id`/`client_secret`) is a configuration error instead: nothing is
-dropped, and the held access token is used while it is valid.
+refusal, or an admin disconnects. The tokens leave memory at once, a tombstone takes the set's
+place in the store, the data layer's `on_revoked` hook purges every cached item of the owner's
+(the other instances, told, re-read the store and end the grant too), then the file goes. A
+refusal of the application's own credentials (`client_id`/`client_secret`) is a configuration
+error instead: nothing is dropped, and the held access token is used while it is valid.
 
 The token set lives in the store (shared_tokens.py): Redis when `REDIS_URL` is set, the single
 source of truth for every instance; else the in-process store, the same code path on one
@@ -222,11 +223,12 @@ class TokenManager:
     async def start(self) -> None:
         """`load()`, then the shared set (if there is one) wins over the file and the environment."""
         self.load()
-        self.shared.store.on_reconnect(self._sync)
-        await self._sync()
+        self.shared.store.on_reconnect(self.sync)
+        await self.sync()
 
-    async def _sync(self) -> None:
-        """Agree with the store (at start-up, and when it answers again, maybe empty): take or give."""
+    async def sync(self) -> None:
+        """Agree with the store: take or give. At start-up, when it answers again (maybe empty), and
+        when another instance announced a purge (the grant may have ended there: its tombstone)."""
         version = self._set_version
         try:
             shared = await self.shared.read()
@@ -689,8 +691,9 @@ class TokenManager:
     ) -> None:
         """The grant is over ("revoked" or "disconnected"): tokens out of memory, data purged, file deleted.
 
-        With `everywhere`, a tombstone goes into the store: in place of the set `replaces` (a
-        revocation), or whatever is there (a disconnect), so no instance uses or revives the set.
+        With `everywhere`, a tombstone goes into the store before the data is purged: in place of
+        the set `replaces` (a revocation), or whatever is there (a disconnect), so no instance uses
+        or revives the set.
         """
         # Memory first, before anything awaits: a request arriving meanwhile must not use them.
         self._generation += 1
@@ -707,15 +710,9 @@ class TokenManager:
             self._last_error = message
         self._publish()
         log.warning("strava_grant_ended", reason=reason)
-        hook = self.on_revoked
-        if hook is not None:
-            try:
-                await hook(everywhere)
-            except Exception as exc:  # the file must go all the same
-                log.error("strava_purge_failed", error=type(exc).__name__)
-        async with self._file_lock:
-            await asyncio.to_thread(_delete_token_file, self.settings.token_file)
         if everywhere and (reason == "disconnected" or replaces is not None):
+            # Before the hook announces the purge: told, the others re-read the store, and must
+            # find the tombstone there, not the ended set (one holding an older set would adopt it).
             dead = tombstone(reason, iso_utc(self.clock()))
             try:
                 if reason == "disconnected":
@@ -725,6 +722,14 @@ class TokenManager:
             except StoreError as exc:
                 log.warning("strava_shared_tombstone_failed", error=type(exc).__name__)
         self._shared_raw = None
+        hook = self.on_revoked
+        if hook is not None:
+            try:
+                await hook(everywhere)
+            except Exception as exc:  # the file must go all the same
+                log.error("strava_purge_failed", error=type(exc).__name__)
+        async with self._file_lock:
+            await asyncio.to_thread(_delete_token_file, self.settings.token_file)
         log.warning("strava_tokens_forgotten")
 
     async def disconnect(self) -> bool:
