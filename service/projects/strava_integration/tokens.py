@@ -347,7 +347,7 @@ class TokenManager:
 
         Webhook events are checked against it. Kept in memory and saved with the next token set.
         """
-        if self._athlete_id is None and _is_number(athlete_id) and isinstance(athlete_id, int) and athlete_id > 0:
+        if self._athlete_id is None and is_int(athlete_id) and athlete_id > 0:
             self._athlete_id = athlete_id
 
     def _fresh(self, margin: float = REFRESH_MARGIN_S) -> bool:
@@ -599,7 +599,7 @@ class TokenManager:
         """
         athlete = payload.get("athlete")
         athlete_id = athlete.get("id") if isinstance(athlete, dict) else None
-        if not (_is_number(athlete_id) and isinstance(athlete_id, int)):
+        if not is_int(athlete_id):
             athlete_id = self._athlete_id
         record = {
             "access_token": payload["access_token"],
@@ -616,7 +616,7 @@ class TokenManager:
             await self._share(replaces, raw, presented)  # before it is used: the store is everyone's truth
             error: str | None = None
             try:
-                await asyncio.to_thread(write_token_file, self.settings.token_file, orjson.dumps(record))
+                await asyncio.to_thread(write_token_file, self.settings.token_file, raw)
             except OSError as exc:
                 # Strava already rotated: the old token is dead, so keeping the new one in memory
                 # is the only way to go on working. Say loudly that a restart would lose it.
@@ -793,7 +793,7 @@ class TokenManager:
 
     def status(self) -> dict[str, Any]:
         return {
-            "configured": self._credentials() and self._refresh_token is not None,
+            "configured": self.connected,
             "auth_ok": self._auth_ok,
             "access_token_expires_at": iso_utc(self._expires_at),
             "athlete_id": self._athlete_id,
