@@ -326,14 +326,14 @@ async def test_exchange_code_stores_a_new_grant_and_learns_the_athlete(
     assert tokens.status()["auth_ok"] is True  # a bad code does not spoil the grant we hold
 
 
-async def test_forget_deletes_the_tokens(
+async def test_ending_the_grant_deletes_the_tokens(
     settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
 ) -> None:
     tokens = make_tokens(settings, http, clock, harness)
     tokens.load()
     await tokens.access_token()
     assert settings.token_file.exists()
-    await tokens.forget()
+    assert await tokens.disconnect() is True  # what the admin's disconnect runs; revoked at Strava too
     assert not settings.token_file.exists()
     assert tokens.status()["auth_ok"] is False and tokens.status()["token_source"] is None
     assert harness.sample("siteapi_strava_auth_ok") == 0

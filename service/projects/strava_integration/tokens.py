@@ -166,7 +166,7 @@ class TokenManager:
         self.on_revoked: Callable[[bool], Awaitable[None]] | None = None
         self._env_fallback_used = False
         self._file_problem: str | None = None  # "unreadable" or "corrupt" when load() had to skip the file
-        self._generation = 0  # bumped by forget() and exchange_code(): older refreshes are discarded
+        self._generation = 0  # bumped by end_grant() and exchange_code(): older refreshes are discarded
         self._inflight: asyncio.Task[str] | None = None
         self._inflight_number = 0  # which refresh `_inflight` is, counting from 1
         self._refreshes_started = 0
@@ -477,7 +477,7 @@ class TokenManager:
                 return await self._refused(generation, replaces, token, fallback)
             token, source = fallback, "environment"
         if not await self._accept(payload, source, generation, replaces, token):
-            # exchange_code() or forget() ran meanwhile; their outcome is the newer truth.
+            # exchange_code() or end_grant() ran meanwhile; their outcome is the newer truth.
             if self._access_token is not None and self._fresh(0):
                 return self._access_token
             raise NotConfigured()
@@ -624,7 +624,7 @@ class TokenManager:
                 log.error("strava_token_file_write_failed", path=path, error=type(exc).__name__)
                 error = "The new Strava token set could not be saved; a restart needs re-authorization."
             if generation != self._generation:
-                return False  # forget() ran during the write; it deletes the file once we let go
+                return False  # end_grant() ran during the write; it deletes the file once we let go
             self._last_error = error
             if error is None:
                 self._file_problem = None
@@ -681,10 +681,6 @@ class TokenManager:
         log.info("strava_authorized", athlete_id=self._athlete_id, scope=self._scope)
         athlete = payload.get("athlete")
         return dict(athlete) if isinstance(athlete, dict) else {}
-
-    async def forget(self) -> None:
-        """The athlete deauthorized us: drop the tokens from memory at once, then from disk."""
-        await self.end_grant("revoked", ENDED_MESSAGES["revoked"], replaces=self._shared_raw)
 
     async def end_grant(
         self, reason: str, message: str | None, *, everywhere: bool = True, replaces: bytes | None = None
