@@ -18,6 +18,7 @@ from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.simulator import SimulatorConfig, SimulatorState, create_simulator
 from service.projects.strava_integration.tokens import TokenManager
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
+from service.store import Store
 from tests.support import CLOCK_START, FakeClock, serve_in_thread
 
 T0 = CLOCK_START
@@ -59,10 +60,13 @@ class Harness:
         return self.metrics.registry.get_sample_value(name, labels or {})
 
 
-def make_tokens(settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, harness: Harness) -> TokenManager:
+def make_tokens(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, harness: Harness, store: Store | None = None
+) -> TokenManager:
+    """A token manager as the project builds one; `store` shared by several stands in for Redis."""
     for secret in settings.secrets():  # as the project's `build` does, before anything can log them
         harness.redactor.add_secret(secret)
-    return TokenManager(settings, http, harness.strava, harness.redactor, clock)
+    return TokenManager(settings, http, harness.strava, harness.redactor, clock, store)
 
 
 def refresh_calls(sim: SimulatorState) -> int:

@@ -228,3 +228,24 @@ def test_a_grant_ended_on_one_instance_stops_every_instance_serving_at_once(
         # Told by the broadcast: it did not have to find out from Strava with the revoked token.
         assert sim.calls(LIST_CALL) == lists and sim.stats()["dead_access_presented"] == 0
         assert sim.dead_refresh_presented() == 0
+
+
+def test_a_disconnect_ends_the_grant_at_once_on_an_instance_holding_a_valid_access_token(
+    sim: Sim, clock: FakeClock, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Strava cannot revoke, so the other instance's access token still works there: the store must stop it."""
+    prefix = f"ended-held{next(_prefixes)}:"
+    with instances(sim, tmp_path, clock, env(redis_server, prefix), n=2) as (first, second):
+        assert fresh(second)  # loaded from Strava: the second holds a valid access token
+        assert fresh(first)  # served from the shared tier
+        sim.fault("http_503", path_prefix="/oauth/revoke")
+        lists, refreshes = sim.calls(LIST_CALL), sim.calls(TOKEN_CALL)
+        response = first.post("/api/strava-integration/auth/disconnect", headers=ADMIN)
+        assert response.json() == {"status": "disconnected", "revoked_at_strava": False}
+        # Nothing asks the second instance for data: the purge broadcast alone ends the grant there,
+        # with the clock standing still (its access token has not expired).
+        assert wait_until(lambda: second.status()["token"]["ended"] == "disconnected", 10)
+        assert second.status()["token"]["auth_ok"] is False and not second.token_file.exists()
+        assert second.feed().status_code == 503
+        assert sim.calls(LIST_CALL) == lists and sim.calls(TOKEN_CALL) == refreshes
+        assert sim.dead_refresh_presented() == 0

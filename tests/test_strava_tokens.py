@@ -17,6 +17,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from observability.metrics import Metrics
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
     AuthRejected,
@@ -24,7 +25,9 @@ from service.projects.strava_integration.errors import (
     NotConfigured,
     UpstreamUnavailable,
 )
+from service.projects.strava_integration.shared_tokens import TOKENS_KEY
 from service.projects.strava_integration.simulator import SimulatorState
+from service.store import MemoryStore, StoreMetrics
 from tests.strava_upstream import SIM, SIX_HOURS, T0, Harness, make_tokens, refresh_calls, strava_settings
 from tests.support import FakeClock
 
@@ -195,6 +198,29 @@ async def test_a_refused_refresh_token_ends_the_grant_and_runs_the_revocation_ho
     assert purges == [False]
 
 
+async def test_a_refused_fallback_does_not_bring_the_refused_set_back_from_the_store(
+    settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
+) -> None:
+    """A restart from the file while the store still holds the same set, then a revocation: both refused."""
+    store = MemoryStore(StoreMetrics(Metrics("test-store")), clock)  # outlives the instance, as Redis does
+    first = make_tokens(settings, http, clock, harness, store)
+    await first.start()
+    await first.access_token()  # the set goes to the store and to the file
+    restarted = make_tokens(settings, http, clock, Harness(), store)
+    await restarted.start()
+    assert restarted.status()["token_source"] == "file"
+    sim.revoke()  # the owner revoked the app on strava.com
+    # The grant check a deauthorization event runs (revocation.py): the file's token is refused,
+    # then the environment's; the store's copy of the first refused set must not count as news.
+    with pytest.raises(AuthRejected):
+        await restarted.fresh_refresh()
+    status = restarted.status()
+    assert status["ended"] == "revoked" and status["auth_ok"] is False and not restarted.connected
+    assert orjson.loads(await store.get(TOKENS_KEY) or b"{}").get("ended") == "revoked"
+    with pytest.raises(NotConfigured):
+        await restarted.access_token()
+
+
 async def test_wrong_client_credentials_keep_the_grant_and_the_held_token(
     settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
 ) -> None:
@@ -300,14 +326,14 @@ async def test_exchange_code_stores_a_new_grant_and_learns_the_athlete(
     assert tokens.status()["auth_ok"] is True  # a bad code does not spoil the grant we hold
 
 
-async def test_forget_deletes_the_tokens(
+async def test_ending_the_grant_deletes_the_tokens(
     settings: StravaSettings, http: httpx.AsyncClient, clock: FakeClock, sim: SimulatorState, harness: Harness
 ) -> None:
     tokens = make_tokens(settings, http, clock, harness)
     tokens.load()
     await tokens.access_token()
     assert settings.token_file.exists()
-    await tokens.forget()
+    assert await tokens.disconnect() is True  # what the admin's disconnect runs; revoked at Strava too
     assert not settings.token_file.exists()
     assert tokens.status()["auth_ok"] is False and tokens.status()["token_source"] is None
     assert harness.sample("siteapi_strava_auth_ok") == 0

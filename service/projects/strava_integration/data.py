@@ -429,6 +429,9 @@ class StravaData:
             self._hide_here(message["id"])
         elif kind == "purge":
             self.forget_cached()
+            # The grant may have ended there: re-reading the store, the token manager finds the
+            # tombstone and drops the tokens held here, so no cache miss loads (and shares) with them.
+            self._spawn(self.client.tokens.sync())
         elif kind == "fill" and isinstance(message.get("key"), str) and isinstance(message.get("at"), float | int):
             entry = self.cache.peek(message["key"])
             if entry is not None and entry.fetched_at < message["at"]:

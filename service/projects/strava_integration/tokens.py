@@ -8,10 +8,11 @@ never cancels a refresh halfway between Strava's answer and the write.
 
 How a grant ends, in one place (`end_grant`): Strava refuses the refresh token (the owner revoked
 the app, whether or not a webhook event told us), a deauthorization event is confirmed by such a
-refusal, or an admin disconnects. The tokens leave memory at once, the data layer's `on_revoked`
-hook purges every cached item of the owner's, then the file goes. A refusal of the application's
-own credentials (`client_id`/`client_secret`) is a configuration error instead: nothing is
-dropped, and the held access token is used while it is valid.
+refusal, or an admin disconnects. The tokens leave memory at once, a tombstone takes the set's
+place in the store, the data layer's `on_revoked` hook purges every cached item of the owner's
+(the other instances, told, re-read the store and end the grant too), then the file goes. A
+refusal of the application's own credentials (`client_id`/`client_secret`) is a configuration
+error instead: nothing is dropped, and the held access token is used while it is valid.
 
 The token set lives in the store (shared_tokens.py): Redis when `REDIS_URL` is set, the single
 source of truth for every instance; else the in-process store, the same code path on one
@@ -165,7 +166,7 @@ class TokenManager:
         self.on_revoked: Callable[[bool], Awaitable[None]] | None = None
         self._env_fallback_used = False
         self._file_problem: str | None = None  # "unreadable" or "corrupt" when load() had to skip the file
-        self._generation = 0  # bumped by forget() and exchange_code(): older refreshes are discarded
+        self._generation = 0  # bumped by end_grant() and exchange_code(): older refreshes are discarded
         self._inflight: asyncio.Task[str] | None = None
         self._inflight_number = 0  # which refresh `_inflight` is, counting from 1
         self._refreshes_started = 0
@@ -222,11 +223,12 @@ class TokenManager:
     async def start(self) -> None:
         """`load()`, then the shared set (if there is one) wins over the file and the environment."""
         self.load()
-        self.shared.store.on_reconnect(self._sync)
-        await self._sync()
+        self.shared.store.on_reconnect(self.sync)
+        await self.sync()
 
-    async def _sync(self) -> None:
-        """Agree with the store (at start-up, and when it answers again, maybe empty): take or give."""
+    async def sync(self) -> None:
+        """Agree with the store: take or give. At start-up, when it answers again (maybe empty), and
+        when another instance announced a purge (the grant may have ended there: its tombstone)."""
         version = self._set_version
         try:
             shared = await self.shared.read()
@@ -345,7 +347,7 @@ class TokenManager:
 
         Webhook events are checked against it. Kept in memory and saved with the next token set.
         """
-        if self._athlete_id is None and _is_number(athlete_id) and isinstance(athlete_id, int) and athlete_id > 0:
+        if self._athlete_id is None and is_int(athlete_id) and athlete_id > 0:
             self._athlete_id = athlete_id
 
     def _fresh(self, margin: float = REFRESH_MARGIN_S) -> bool:
@@ -471,10 +473,11 @@ class TokenManager:
             try:
                 payload = await self._post_token({"grant_type": "refresh_token", "refresh_token": fallback}, "refresh")
             except AuthRejected:
-                return await self._refused(generation, replaces, fallback)
+                # Both are refused: neither may come back from the store as "a set we had not seen".
+                return await self._refused(generation, replaces, token, fallback)
             token, source = fallback, "environment"
         if not await self._accept(payload, source, generation, replaces, token):
-            # exchange_code() or forget() ran meanwhile; their outcome is the newer truth.
+            # exchange_code() or end_grant() ran meanwhile; their outcome is the newer truth.
             if self._access_token is not None and self._fresh(0):
                 return self._access_token
             raise NotConfigured()
@@ -483,8 +486,8 @@ class TokenManager:
         assert self._access_token is not None
         return self._access_token
 
-    async def _refused(self, generation: int, replaces: bytes | None, presented: str) -> str:
-        """Strava refused the refresh token: the grant is over, unless a newer one arrived meanwhile."""
+    async def _refused(self, generation: int, replaces: bytes | None, *presented: str) -> str:
+        """Strava refused every token `presented`: the grant is over, unless a newer one arrived meanwhile."""
         if generation != self._generation:
             # exchange_code() ran during the request: its grant is the truth, and it is not refused.
             if self._access_token is not None and self._fresh(0):
@@ -495,7 +498,7 @@ class TokenManager:
             current = await self.shared.read()
         except StoreError:
             current = Shared(replaces)
-        if current.record is not None and current.refresh_token not in (presented, *self._rotated_away):
+        if current.record is not None and current.refresh_token not in (*presented, *self._rotated_away):
             # A set we had not seen (a new grant written meanwhile): that one, not ours, is the truth.
             await self._adopt(current)
             if self._access_token is not None and self._fresh(0):
@@ -596,7 +599,7 @@ class TokenManager:
         """
         athlete = payload.get("athlete")
         athlete_id = athlete.get("id") if isinstance(athlete, dict) else None
-        if not (_is_number(athlete_id) and isinstance(athlete_id, int)):
+        if not is_int(athlete_id):
             athlete_id = self._athlete_id
         record = {
             "access_token": payload["access_token"],
@@ -613,7 +616,7 @@ class TokenManager:
             await self._share(replaces, raw, presented)  # before it is used: the store is everyone's truth
             error: str | None = None
             try:
-                await asyncio.to_thread(write_token_file, self.settings.token_file, orjson.dumps(record))
+                await asyncio.to_thread(write_token_file, self.settings.token_file, raw)
             except OSError as exc:
                 # Strava already rotated: the old token is dead, so keeping the new one in memory
                 # is the only way to go on working. Say loudly that a restart would lose it.
@@ -621,7 +624,7 @@ class TokenManager:
                 log.error("strava_token_file_write_failed", path=path, error=type(exc).__name__)
                 error = "The new Strava token set could not be saved; a restart needs re-authorization."
             if generation != self._generation:
-                return False  # forget() ran during the write; it deletes the file once we let go
+                return False  # end_grant() ran during the write; it deletes the file once we let go
             self._last_error = error
             if error is None:
                 self._file_problem = None
@@ -679,17 +682,14 @@ class TokenManager:
         athlete = payload.get("athlete")
         return dict(athlete) if isinstance(athlete, dict) else {}
 
-    async def forget(self) -> None:
-        """The athlete deauthorized us: drop the tokens from memory at once, then from disk."""
-        await self.end_grant("revoked", ENDED_MESSAGES["revoked"], replaces=self._shared_raw)
-
     async def end_grant(
         self, reason: str, message: str | None, *, everywhere: bool = True, replaces: bytes | None = None
     ) -> None:
         """The grant is over ("revoked" or "disconnected"): tokens out of memory, data purged, file deleted.
 
-        With `everywhere`, a tombstone goes into the store: in place of the set `replaces` (a
-        revocation), or whatever is there (a disconnect), so no instance uses or revives the set.
+        With `everywhere`, a tombstone goes into the store before the data is purged: in place of
+        the set `replaces` (a revocation), or whatever is there (a disconnect), so no instance uses
+        or revives the set.
         """
         # Memory first, before anything awaits: a request arriving meanwhile must not use them.
         self._generation += 1
@@ -706,15 +706,9 @@ class TokenManager:
             self._last_error = message
         self._publish()
         log.warning("strava_grant_ended", reason=reason)
-        hook = self.on_revoked
-        if hook is not None:
-            try:
-                await hook(everywhere)
-            except Exception as exc:  # the file must go all the same
-                log.error("strava_purge_failed", error=type(exc).__name__)
-        async with self._file_lock:
-            await asyncio.to_thread(_delete_token_file, self.settings.token_file)
         if everywhere and (reason == "disconnected" or replaces is not None):
+            # Before the hook announces the purge: told, the others re-read the store, and must
+            # find the tombstone there, not the ended set (one holding an older set would adopt it).
             dead = tombstone(reason, iso_utc(self.clock()))
             try:
                 if reason == "disconnected":
@@ -724,6 +718,14 @@ class TokenManager:
             except StoreError as exc:
                 log.warning("strava_shared_tombstone_failed", error=type(exc).__name__)
         self._shared_raw = None
+        hook = self.on_revoked
+        if hook is not None:
+            try:
+                await hook(everywhere)
+            except Exception as exc:  # the file must go all the same
+                log.error("strava_purge_failed", error=type(exc).__name__)
+        async with self._file_lock:
+            await asyncio.to_thread(_delete_token_file, self.settings.token_file)
         log.warning("strava_tokens_forgotten")
 
     async def disconnect(self) -> bool:
@@ -787,7 +789,7 @@ class TokenManager:
 
     def status(self) -> dict[str, Any]:
         return {
-            "configured": self._credentials() and self._refresh_token is not None,
+            "configured": self.connected,
             "auth_ok": self._auth_ok,
             "access_token_expires_at": iso_utc(self._expires_at),
             "athlete_id": self._athlete_id,
