@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
-from service.timestamps import iso_utc
+from observability.timestamps import iso_utc
 
 Status = Literal["pass", "warn", "fail"]
 _RANK = {"pass": 0, "warn": 1, "fail": 2}

@@ -22,7 +22,7 @@ import orjson
 import structlog
 
 from observability.redact import Redactor
-from service.timestamps import iso_utc_ms
+from observability.timestamps import iso_utc_ms
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 

@@ -23,10 +23,10 @@ from typing import Any
 import orjson
 import structlog
 
+from observability.timestamps import iso_utc
 from service.projects.strava_integration.errors import BudgetExhausted
 from service.projects.strava_integration.upstream_metrics import KINDS, WINDOWS, StravaMetrics
 from service.store import Store, StoreError
-from service.timestamps import iso_utc
 
 log = structlog.get_logger("strava.budget")
 

@@ -21,6 +21,7 @@ import orjson
 import structlog
 
 from observability.redact import Redactor
+from observability.timestamps import iso_utc
 from service.projects.strava_integration.budget import Budget
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
@@ -37,7 +38,6 @@ from service.projects.strava_integration.errors import (
 from service.projects.strava_integration.tokens import TokenManager
 from service.projects.strava_integration.upstream_metrics import StravaMetrics, endpoint_label
 from service.store import Store
-from service.timestamps import iso_utc
 
 __all__ = [
     "AuthRejected",

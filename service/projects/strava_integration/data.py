@@ -23,6 +23,7 @@ import orjson
 import structlog
 
 from observability.metrics import Metrics
+from observability.timestamps import iso_utc
 from service.http_cache import etag_for
 from service.projects.strava_integration import shape
 from service.projects.strava_integration.cache import Lookup, SharedTier, SWRCache
@@ -40,7 +41,6 @@ from service.projects.strava_integration.invalidation import Broadcast
 from service.projects.strava_integration.privacy import Route, TrimmedRoutes
 from service.projects.strava_integration.revocation import GrantGuard
 from service.store import Store, StoreError
-from service.timestamps import iso_utc
 
 log = structlog.get_logger("strava.data")
 

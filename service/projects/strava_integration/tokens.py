@@ -43,6 +43,7 @@ import structlog
 
 from observability.metrics import Metrics
 from observability.redact import Redactor
+from observability.timestamps import iso_utc
 from service.projects.strava_integration.config import StravaSettings
 from service.projects.strava_integration.errors import (
     AUTH_START_PATH,
@@ -56,7 +57,6 @@ from service.projects.strava_integration.errors import (
 from service.projects.strava_integration.shared_tokens import Shared, SharedTokens, encode, tombstone
 from service.projects.strava_integration.upstream_metrics import StravaMetrics
 from service.store import LockUnavailable, MemoryStore, Store, StoreError, StoreMetrics
-from service.timestamps import iso_utc
 from service.values import is_int, is_number
 
 log = structlog.get_logger("strava.tokens")
